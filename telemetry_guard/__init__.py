@@ -1,0 +1,25 @@
+"""Observability-first failure handling for Celery."""
+
+from __future__ import annotations
+
+from .classify import Classifier, Severity, classify
+from .events import BreakerChange, FailureEvent
+from .exceptions import CircuitOpenError, UnpicklableTaskError
+from .guard import TelemetryGuard
+from .policy import RetryPolicy
+from .sinks.logging import configure_logging
+from .task import GuardedTask
+
+__all__ = [
+    "BreakerChange",
+    "CircuitOpenError",
+    "Classifier",
+    "FailureEvent",
+    "GuardedTask",
+    "RetryPolicy",
+    "Severity",
+    "TelemetryGuard",
+    "UnpicklableTaskError",
+    "classify",
+    "configure_logging",
+]

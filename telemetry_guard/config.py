@@ -1,0 +1,211 @@
+"""Settings: the only reader of ``app.conf`` and ``TELEMETRY_GUARD_*`` variables.
+
+Precedence, highest first: keyword arguments to ``TelemetryGuard(app, ...)``,
+the environment variable ``TELEMETRY_GUARD_<KEY>``, the ``app.conf`` key
+``telemetry_guard_<key>``, the default below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .policy import RetryPolicy
+from .redact import DEFAULT_REDACT_KEYS
+
+CONF_PREFIX = "telemetry_guard_"
+ENV_PREFIX = "TELEMETRY_GUARD_"
+
+DEFAULT_ROUTES: dict[str, tuple[str, ...]] = {
+    "low": (),
+    "medium": (),
+    "high": ("sentry",),
+    "critical": ("sentry", "email"),
+}
+
+#: Seconds before an unacknowledged message is delivered again, per transport.
+DEFAULT_REDELIVERY_HORIZONS: dict[str, float] = {
+    "redis": 3600.0,
+    "rediss": 3600.0,
+    "sentinel": 3600.0,
+    "amqp": 1800.0,
+    "amqps": 1800.0,
+    "pyamqp": 1800.0,
+    "sqs": 1800.0,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``TelemetryGuard`` reads, resolved once."""
+
+    redis_url: str | None = None
+    key_prefix: str = "telemetry_guard:"
+    error_log_maxlen: int = 10_000
+    error_log_buffer: int = 10_000
+    error_log_flush_interval: float = 0.2
+    default_retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    routes: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_ROUTES))
+    sentry_dsn: str | None = None
+    email: Mapping[str, Any] = field(default_factory=dict)
+    notification_queue: str = "telemetry_guard.notifications"
+    notification_throttle: float = 600.0
+    metrics_port: int | None = None
+    metrics_address: str = "0.0.0.0"
+    max_label_values: int = 500
+    redact_keys: str = DEFAULT_REDACT_KEYS
+    max_value_chars: int = 2048
+    max_record_bytes: int = 32_768
+    tracing: bool = True
+    redelivery_horizon: float | None = None
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Every setting's name, without prefix."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_app(
+        cls, app: Any, overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Resolve settings for ``app`` from keyword overrides, environment and ``app.conf``."""
+        overrides = dict(overrides or {})
+        environ = os.environ if environ is None else environ
+        names = cls.field_names()
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise TypeError(
+                f"unknown telemetry_guard setting(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(names)}"
+            )
+        conf = app.conf
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            env_name = ENV_PREFIX + f.name.upper()
+            if f.name in overrides:
+                raw, source = overrides[f.name], "keyword argument"
+            elif env_name in environ:
+                raw, source = _parse_env(f.name, environ[env_name]), env_name
+            else:
+                key = CONF_PREFIX + f.name
+                value = conf.get(key)
+                if value is None:
+                    continue
+                raw, source = value, f"app.conf.{key}"
+            values[f.name] = _coerce(f.name, raw, source)
+        if values.get("redis_url") is None:
+            values["redis_url"] = _redis_from_broker(conf.get("broker_url"))
+        if values.get("redelivery_horizon") is None:
+            values["redelivery_horizon"] = _redelivery_horizon(conf)
+        return cls(**values)
+
+
+def _parse_env(name: str, text: str) -> Any:
+    """Turn an environment string into a value; JSON for structured settings."""
+    if name in ("routes", "email", "default_retry_policy"):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()} must be JSON: {exc}") from None
+    if text.strip().lower() in ("", "none", "null"):
+        return None
+    return text
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    """Check and convert one value, naming where it came from when it is wrong."""
+    try:
+        if name in ("error_log_maxlen", "error_log_buffer", "max_label_values",
+                    "max_value_chars", "max_record_bytes"):
+            value = int(raw)
+            if value <= 0:
+                raise ValueError("must be a positive integer")
+            return value
+        if name == "metrics_port":
+            if raw is None:
+                return None
+            port = int(raw)
+            if not 0 <= port <= 65535:
+                raise ValueError("must be a TCP port (0-65535)")
+            return port
+        if name in ("error_log_flush_interval", "notification_throttle", "redelivery_horizon"):
+            if raw is None:
+                return None
+            value = float(raw)
+            if value < 0:
+                raise ValueError("must be >= 0")
+            return value
+        if name == "tracing":
+            if isinstance(raw, str):
+                return raw.strip().lower() in ("1", "true", "yes", "on")
+            return bool(raw)
+        if name == "default_retry_policy":
+            return _retry_policy(raw)
+        if name == "routes":
+            return _routes(raw)
+        if name == "email":
+            if not isinstance(raw, Mapping):
+                raise ValueError("must be a dict of host, port, starttls, ssl, user, ...")
+            return dict(raw)
+        return None if raw is None else str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"telemetry_guard setting {name!r} from {source}: {exc}") from None
+
+
+def _routes(raw: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(raw, Mapping):
+        raise ValueError("must map severity names to lists of sinks")
+    routes = dict(DEFAULT_ROUTES)
+    for severity, sinks in raw.items():
+        key = str(severity).lower()
+        if key not in DEFAULT_ROUTES:
+            raise ValueError(f"unknown severity {severity!r}; valid: {', '.join(DEFAULT_ROUTES)}")
+        if isinstance(sinks, str):
+            sinks = [sinks]
+        routes[key] = tuple(str(s) for s in sinks)
+    return routes
+
+
+def _retry_policy(raw: Any) -> RetryPolicy:
+    if isinstance(raw, RetryPolicy):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise ValueError("must be a RetryPolicy or a dict of its fields")
+    fields = dict(raw)
+    for key in ("retry_on", "dont_retry_on"):
+        if key in fields:
+            names = fields[key]
+            names = [names] if isinstance(names, str) else names
+            fields[key] = tuple(_import_class(n) if isinstance(n, str) else n for n in names)
+    return RetryPolicy(**fields)
+
+
+def _import_class(dotted: str) -> type:
+    """Import ``module.Class`` (or a builtin name such as ``ConnectionError``)."""
+    module, _, name = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module or "builtins"), name)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError):
+        raise ValueError(f"cannot import exception class {dotted!r}") from None
+
+
+def _redis_from_broker(broker_url: Any) -> str | None:
+    if isinstance(broker_url, str) and broker_url.split("://", 1)[0] in ("redis", "rediss"):
+        return broker_url.split(";", 1)[0]
+    return None
+
+
+def _redelivery_horizon(conf: Any) -> float | None:
+    """The broker's redelivery horizon in seconds, when it has one."""
+    broker_url = conf.get("broker_url") or ""
+    scheme = str(broker_url).split("://", 1)[0].split("+")[0]
+    options = conf.get("broker_transport_options") or {}
+    if "visibility_timeout" in options:
+        return float(options["visibility_timeout"])
+    return DEFAULT_REDELIVERY_HORIZONS.get(scheme)

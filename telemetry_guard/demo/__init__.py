@@ -1,0 +1,1 @@
+"""A short live demo on an embedded default: no services to start by hand."""

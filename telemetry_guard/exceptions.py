@@ -1,0 +1,37 @@
+"""Exceptions raised by telemetry_guard.
+
+    Exception
+    ├── CircuitOpenError      a breaker refused the call
+    └── UnpicklableTaskError  stands in for a task's exception that cannot cross a process
+"""
+
+from __future__ import annotations
+
+
+class CircuitOpenError(Exception):
+    """An open circuit breaker refused the call; retry after ``retry_after`` seconds."""
+
+    def __init__(self, breaker: str, retry_after: float) -> None:
+        super().__init__(f"circuit breaker {breaker!r} is open; retry after {retry_after:.1f}s")
+        self.breaker = breaker
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float]]:
+        return (type(self), (self.breaker, self.retry_after))
+
+
+class UnpicklableTaskError(Exception):
+    """A picklable stand-in for an exception that could not be pickled or printed.
+
+    Keeps the original type's name, its message and its traceback text, so a
+    retry or a result does not crash-loop the worker.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __reduce__(self) -> tuple[type[UnpicklableTaskError], tuple[str, str, str]]:
+        return (type(self), (self.type_name, self.message, self.traceback_text))

@@ -1,0 +1,175 @@
+"""TelemetryGuard: reads Settings, builds the sinks once, wires Celery's signals."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any
+
+import structlog
+
+from .classify import Classifier, Severity
+from .config import Settings
+from .dispatch import Dispatcher
+from .events import FailureEvent
+from .policy import RetryPolicy, cap_below_horizon
+from .redact import Redactor
+from .signals import GuardSignals
+from .sinks.base import Sink
+from .sinks.errorlog import ErrorLogSink
+from .sinks.logging import LogSink
+from .sinks.metrics import MetricsSink, get_metrics
+from .sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink
+
+#: How many recorded task ids a process remembers, to never report one failure twice.
+RECORDED_IDS = 4096
+#: A traceback may be this many times longer than any other value.
+TRACEBACK_SIZE_FACTOR = 4
+
+
+class _NullObserver:
+    def observe(self, amount: float) -> None:
+        """Accept and drop an observation."""
+
+
+_NULL_OBSERVER = _NullObserver()
+
+
+class TelemetryGuard:
+    """Wires one Celery app: settings, sinks, signals, metrics endpoint. Idempotent.
+
+    Creating a second guard for the same app replaces the first (its signals
+    are disconnected and its sinks flushed), so nothing is reported twice.
+    """
+
+    def __init__(self, app: Any, **settings: Any) -> None:
+        previous: TelemetryGuard | None = getattr(app, "_telemetry_guard", None)
+        self.app = app
+        self.settings = Settings.from_app(app, settings)
+        self.log = structlog.get_logger("telemetry_guard")
+        self.classifier = Classifier()
+        self.retry_policies: dict[str, RetryPolicy] = {}
+        s = self.settings
+        self.redactor = Redactor(key_pattern=s.redact_keys, max_value_chars=s.max_value_chars,
+                                 max_record_bytes=s.max_record_bytes)
+        self.traceback_redactor = Redactor(
+            key_pattern=s.redact_keys, max_value_chars=s.max_value_chars * TRACEBACK_SIZE_FACTOR,
+            max_record_bytes=s.max_record_bytes)
+        self.metrics = get_metrics()
+        self.metrics_sink = MetricsSink(self.metrics, max_label_values=s.max_label_values)
+        self.dispatcher = Dispatcher([], telemetry_errors=self.metrics.telemetry_errors)
+        self.dispatcher.sinks = tuple(self._build_sinks())
+        self._recorded: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._recorded_lock = threading.Lock()
+        self._capped_warned: set[str] = set()
+        self._exporter_handler = (ExporterFailureHandler.install(self.report_error)
+                                  if s.tracing else None)
+        if previous is not None:
+            previous.close()
+        self.signals = GuardSignals(self)
+        self.signals.connect()
+        app._telemetry_guard = self
+
+    def _build_sinks(self) -> list[Sink]:
+        s = self.settings
+        sinks: list[Sink] = [LogSink(), self.metrics_sink]
+        if s.tracing:
+            sinks.append(TracingSink())
+        if s.redis_url:
+            sinks.append(ErrorLogSink(
+                s.redis_url, key_prefix=s.key_prefix, maxlen=s.error_log_maxlen,
+                buffer_size=s.error_log_buffer, flush_interval=s.error_log_flush_interval,
+                redactor=self.redactor, report_error=self.report_error))
+        return sinks
+
+    # -- what GuardedTask asks ----------------------------------------------------------
+    @property
+    def tracing(self) -> bool:
+        """Whether task runs get spans."""
+        return self.settings.tracing
+
+    @property
+    def keeps_dead_letters(self) -> bool:
+        """Whether given-up tasks are stored for replay (needs Redis)."""
+        return self.settings.redis_url is not None
+
+    def policy_for(self, task: Any) -> RetryPolicy:
+        """Task option ``retry_policy`` → ``guard.retry_policies[name]`` → the app default."""
+        policy = getattr(task, "retry_policy", None)
+        if policy is None:
+            policy = self.retry_policies.get(task.name, self.settings.default_retry_policy)
+        return policy  # type: ignore[no-any-return]
+
+    def severity_of(self, task: Any, exc: BaseException) -> Severity:
+        """Task option ``severity`` when set, else the classifier's verdict."""
+        override = getattr(task, "severity", None)
+        if override is not None:
+            return Severity.parse(override)
+        return self.classifier.classify(exc)
+
+    def cap_countdown(self, task_name: str, delay: float) -> float:
+        """Keep a retry countdown below the broker's redelivery horizon; warn once per task."""
+        capped = cap_below_horizon(delay, self.settings.redelivery_horizon)
+        if capped < delay and task_name not in self._capped_warned:
+            self._capped_warned.add(task_name)
+            self.log.warning("retry.countdown_capped", task_name=task_name,
+                             requested_s=round(delay, 3), capped_s=round(capped, 3),
+                             horizon_s=self.settings.redelivery_horizon)
+        return capped
+
+    def start_span(self, task: Any, request: Any) -> TaskSpan | None:
+        """The span of this task run, or None when tracing is off or broken."""
+        if not self.settings.tracing:
+            return None
+        try:
+            return TaskSpan(task.name, request.id, request.retries or 0, request)
+        except Exception as exc:
+            self.report_error("tracing", exc)
+            return None
+
+    def runtime(self, task_name: str, outcome: str) -> Any:
+        """The runtime histogram for a task and outcome (a no-op when metrics are broken)."""
+        try:
+            return self.metrics_sink.runtime(task_name, outcome)
+        except Exception as exc:
+            self.report_error("metrics", exc)
+            return _NULL_OBSERVER
+
+    # -- recording ----------------------------------------------------------------------
+    def record(self, event: FailureEvent) -> None:
+        """Hand one failure event to every sink (never raises)."""
+        if event.task_id:
+            with self._recorded_lock:
+                self._recorded[event.task_id] = None
+                if len(self._recorded) > RECORDED_IDS:
+                    self._recorded.popitem(last=False)
+        self.dispatcher.failure(event)
+
+    def was_recorded(self, task_id: str | None) -> bool:
+        """Whether this process already reported a failure of ``task_id``."""
+        return task_id is not None and task_id in self._recorded
+
+    def report_error(self, sink: str, exc: BaseException | None) -> None:
+        """Count a failing sink in ``telemetry_guard_telemetry_errors_total``."""
+        self.dispatcher.report_error(sink, exc)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    @property
+    def metrics_port(self) -> int | None:
+        """The port this process serves ``/metrics`` on, if any."""
+        return self.signals.metrics_port
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Deliver buffered records (error log, spans) now."""
+        self.dispatcher.flush(timeout)
+
+    def close(self) -> None:
+        """Disconnect signals, flush and close sinks."""
+        signals = getattr(self, "signals", None)
+        if signals is not None:
+            signals.disconnect()
+        if self._exporter_handler is not None:
+            self._exporter_handler.uninstall()
+        self.dispatcher.close()
+        if getattr(self.app, "_telemetry_guard", None) is self:
+            del self.app._telemetry_guard

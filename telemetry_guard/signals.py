@@ -1,0 +1,139 @@
+"""The one module that connects Celery signals; every connect has its disconnect."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from billiard.exceptions import WorkerLostError
+from celery import signals
+from celery.exceptions import TimeLimitExceeded
+
+from . import exposition
+from .sinks.tracing import inject_headers
+from .task import GuardedTask, build_failure_event
+
+if TYPE_CHECKING:
+    from .guard import TelemetryGuard
+
+
+class GuardSignals:
+    """Celery signal handlers of one ``TelemetryGuard``."""
+
+    def __init__(self, guard: TelemetryGuard) -> None:
+        self.guard = guard
+        self._uid = f"telemetry_guard:{id(guard.app)}"
+        self._metrics_server: Any = None
+
+    def _pairs(self) -> list[tuple[Any, Any]]:
+        return [
+            (signals.before_task_publish, self.on_before_publish),
+            (signals.task_failure, self.on_task_failure),
+            (signals.worker_init, self.on_worker_init),
+            (signals.worker_ready, self.on_worker_ready),
+            (signals.worker_process_init, self.on_worker_process_init),
+            (signals.worker_process_shutdown, self.on_worker_process_shutdown),
+            (signals.worker_shutdown, self.on_worker_shutdown),
+        ]
+
+    def connect(self) -> None:
+        """Connect every handler (replacing those of an earlier guard of the same app)."""
+        for signal, handler in self._pairs():
+            signal.connect(handler, weak=False, dispatch_uid=self._uid)
+
+    def disconnect(self) -> None:
+        """Disconnect every handler and stop the metrics server."""
+        for signal, handler in self._pairs():
+            signal.disconnect(handler, dispatch_uid=self._uid)
+        self._stop_metrics_server()
+
+    # -- producer -----------------------------------------------------------------------
+    def on_before_publish(self, sender: Any = None, headers: Any = None, **_: Any) -> None:
+        """Carry the producer's trace context to the worker in the task headers."""
+        if headers is None or not self.guard.tracing:
+            return
+        try:
+            inject_headers(headers)
+        except Exception as exc:
+            self.guard.report_error("tracing", exc)
+
+    # -- failures seen outside the task's own thread --------------------------------------
+    def on_task_failure(self, sender: Any = None, task_id: str | None = None,
+                        exception: BaseException | None = None, args: Any = None,
+                        kwargs: Any = None, einfo: Any = None, **_: Any) -> None:
+        """Report failures GuardedTask never saw: a lost child, a hard time limit."""
+        if (exception is None or not isinstance(sender, GuardedTask)
+                or getattr(sender, "app", None) is not self.guard.app
+                or self.guard.was_recorded(task_id)):
+            return
+        try:
+            request = sender.request
+            if getattr(request, "id", None) != task_id:
+                request = _RequestStub(task_id)
+            reason = ("worker_lost" if isinstance(exception, WorkerLostError)
+                      else "time_limit" if isinstance(exception, TimeLimitExceeded)
+                      else "failed_outside_task")
+            traceback_text = getattr(einfo, "traceback", None)
+            event = build_failure_event(
+                self.guard, sender, exception, args=args, kwargs=kwargs, request=request,
+                decision="give_up", reason=reason, max_retries=None,
+                traceback_text=traceback_text if isinstance(traceback_text, str) else None)
+            self.guard.record(event)
+        except Exception as exc:
+            self.guard.report_error("signals", exc)
+
+    # -- worker lifecycle ---------------------------------------------------------------
+    def on_worker_init(self, sender: Any = None, **_: Any) -> None:
+        """Main process, before the pool starts: clean the multiprocess metrics directory."""
+        path = exposition.multiproc_dir()
+        if path is not None:
+            try:
+                exposition.clean_multiproc_dir(path)
+            except OSError as exc:
+                self.guard.report_error("metrics", exc)
+
+    def on_worker_ready(self, sender: Any = None, **_: Any) -> None:
+        """Main process, pool started: serve ``/metrics`` when a port is configured."""
+        port = self.guard.settings.metrics_port
+        if port is None or self._metrics_server is not None:
+            return
+        try:
+            self._metrics_server = exposition.serve_metrics(
+                port, self.guard.settings.metrics_address)
+            self.guard.log.info("metrics.serving", port=self._metrics_server.server_port)
+        except OSError as exc:
+            self.guard.report_error("metrics_server", exc)
+
+    def on_worker_process_init(self, **_: Any) -> None:
+        """Prefork child, after fork: re-create per-process sink state."""
+        self._metrics_server = None  # the parent's server thread does not exist here
+        self.guard.dispatcher.after_fork()
+
+    def on_worker_process_shutdown(self, **_: Any) -> None:
+        """Prefork child exiting: flush buffered records and spans."""
+        self.guard.dispatcher.flush(timeout=3.0)
+
+    def on_worker_shutdown(self, **_: Any) -> None:
+        """Main process exiting: flush, stop serving metrics."""
+        self.guard.dispatcher.flush(timeout=5.0)
+        self._stop_metrics_server()
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``/metrics`` is served on in this process, if any."""
+        return None if self._metrics_server is None else int(self._metrics_server.server_port)
+
+    def _stop_metrics_server(self) -> None:
+        server, self._metrics_server = self._metrics_server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+class _RequestStub:
+    """Stands in for a request the main process no longer holds."""
+
+    def __init__(self, task_id: str | None) -> None:
+        self.id = task_id
+        self.retries = 0
+        self.delivery_info: dict[str, Any] = {}
+        self.hostname = None

@@ -1,0 +1,157 @@
+"""The error log: a capped Redis Stream of redacted failure records, written off the task's thread.
+
+Records are queued in a bounded in-process buffer and written by a background
+thread in batches (one pipelined ``XADD ... MAXLEN ~`` round trip for many
+records), so a failing task never waits on Redis. Given-up tasks also go to
+the dead-letter stream with the original arguments, for replay.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from kombu.utils.json import dumps as kombu_dumps
+
+from ..events import FailureEvent
+from ..redact import Redactor
+from .base import Sink
+
+ErrorReporter = Callable[[str, "BaseException | None"], None]
+
+ERRORS_STREAM = "errors"
+DEAD_STREAM = "dead"
+BATCH_SIZE = 500
+MAX_BACKOFF = 5.0
+
+
+class ErrorLogSink(Sink):
+    """One JSON record per failure in ``<prefix>errors``; give-ups also in ``<prefix>dead``."""
+
+    name = "errorlog"
+
+    def __init__(
+        self, redis_url: str, *, key_prefix: str = "telemetry_guard:", maxlen: int = 10_000,
+        buffer_size: int = 10_000, flush_interval: float = 0.2,
+        redactor: Redactor | None = None, report_error: ErrorReporter | None = None,
+    ) -> None:
+        self.redis_url = redis_url
+        self.errors_key = key_prefix + ERRORS_STREAM
+        self.dead_key = key_prefix + DEAD_STREAM
+        self.maxlen = maxlen
+        self.buffer_size = buffer_size
+        self.flush_interval = flush_interval
+        self.redactor = redactor or Redactor()
+        self._report_error = report_error or (lambda sink, exc: None)
+        self._start_process()
+
+    def _start_process(self) -> None:
+        """(Re)create the per-process state: buffer, lock, thread; called after fork too."""
+        self._pid = os.getpid()
+        self._buffer: collections.deque[tuple[str, dict[str, str]]] = collections.deque()
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._client: redis.Redis | None = None
+
+    # -- producer side (the task's thread) ---------------------------------------------
+    def on_failure(self, event: FailureEvent) -> None:
+        if self._pid != os.getpid():
+            self._start_process()
+        entries = [(self.errors_key, {"record": self.redactor.dumps(event.as_record())})]
+        if not event.retried and event.replay is not None:
+            entries.append((self.dead_key, {"record": entries[0][1]["record"],
+                                            "replay": _dumps_replay(event.replay)}))
+        with self._cond:
+            for entry in entries:
+                if len(self._buffer) >= self.buffer_size:
+                    self._report_error("errorlog_overflow", None)
+                    continue
+                self._buffer.append(entry)
+            self._cond.notify()
+        if self._thread is None:
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="telemetry_guard-errorlog", daemon=True)
+            self._thread.start()
+
+    # -- consumer side (the background thread) -----------------------------------------
+    def _run(self) -> None:
+        backoff = self.flush_interval
+        while True:
+            with self._cond:
+                while not self._buffer and not self._closed:
+                    self._cond.wait()
+                if not self._buffer and self._closed:
+                    return
+                batch = [self._buffer.popleft() for _ in range(min(BATCH_SIZE, len(self._buffer)))]
+                self._in_flight = len(batch)
+            try:
+                self._write(batch)
+                backoff = self.flush_interval
+            except Exception as exc:  # Redis down: keep what fits, retry later
+                self._client = None
+                self._report_error(self.name, exc)
+                with self._cond:
+                    room = self.buffer_size - len(self._buffer)
+                    self._buffer.extendleft(reversed(batch[:max(room, 0)]))
+                    self._in_flight = 0
+                    self._cond.notify_all()
+                    if self._closed:
+                        return
+                    self._cond.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            with self._cond:
+                self._in_flight = 0
+                self._cond.notify_all()
+
+    def _write(self, batch: list[tuple[str, dict[str, str]]]) -> None:
+        if self._client is None:
+            self._client = redis.Redis.from_url(
+                self.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        pipe = self._client.pipeline(transaction=False)
+        for key, fields in batch:
+            pipe.xadd(key, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+        pipe.execute()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def after_fork(self) -> None:
+        self._start_process()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._cond.notify_all()
+            while (self._buffer or self._in_flight) and self._thread is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+
+    def close(self) -> None:
+        self.flush()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _dumps_replay(replay: dict[str, Any]) -> str:
+    """The original message as the broker held it; falls back to a marked repr."""
+    try:
+        return str(kombu_dumps(replay))
+    except Exception:
+        return json.dumps({"task": replay.get("task"), "id": replay.get("id"),
+                           "replayable": False, "repr": repr(replay)[:4096]})

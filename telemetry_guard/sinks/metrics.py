@@ -1,0 +1,120 @@
+"""Prometheus metrics: created once per process, label values bounded."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from ..events import BreakerChange, FailureEvent
+from .base import Sink
+
+OTHER = "other"
+RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0, 300.0, float("inf"))
+
+
+class Metrics:
+    """The telemetry_guard metric families (names are a contract: see the README)."""
+
+    def __init__(self, registry: Any = None) -> None:
+        kw: dict[str, Any] = {"namespace": "telemetry_guard"}
+        if registry is not None:
+            kw["registry"] = registry
+        self.task_failures = Counter(
+            "task_failures", "Failed task attempts, retried or not.",
+            ["task", "exception", "severity"], **kw)
+        self.task_retries = Counter(
+            "task_retries", "Retries scheduled.", ["task", "exception"], **kw)
+        self.task_giveups = Counter(
+            "task_giveups", "Tasks given up: retries exhausted or error not retryable.",
+            ["task", "exception", "severity"], **kw)
+        self.task_runtime = Histogram(
+            "task_runtime_seconds", "Task run time by outcome.", ["task", "outcome"],
+            buckets=RUNTIME_BUCKETS, **kw)
+        self.breaker_state = Gauge(
+            "breaker_state", "1 on the breaker's current state, 0 on the others.",
+            ["breaker", "state"], multiprocess_mode="mostrecent", **kw)
+        self.breaker_transitions = Counter(
+            "breaker_transitions", "Circuit breaker state transitions.",
+            ["breaker", "from_state", "to_state"], **kw)
+        self.breaker_calls = Counter(
+            "breaker_calls", "Calls through a circuit breaker by outcome.",
+            ["breaker", "outcome"], **kw)
+        self.retry_budget_exhausted = Counter(
+            "retry_budget_exhausted", "Retries refused by the fleet-wide retry budget.",
+            ["task"], **kw)
+        self.notifications = Counter(
+            "notifications", "Notifications by channel, severity and outcome.",
+            ["channel", "severity", "outcome"], **kw)
+        self.telemetry_errors = Counter(
+            "telemetry_errors", "Failures inside a telemetry sink (the task was not affected).",
+            ["sink"], **kw)
+
+
+_metrics: Metrics | None = None
+_metrics_lock = threading.Lock()
+
+
+def get_metrics() -> Metrics:
+    """The process-wide metric families, created on first use."""
+    global _metrics
+    if _metrics is None:
+        with _metrics_lock:
+            if _metrics is None:
+                _metrics = Metrics()
+    return _metrics
+
+
+class LabelBound:
+    """Admits at most ``limit`` distinct values; later newcomers become ``other``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self.limit:
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+class MetricsSink(Sink):
+    """Counts failures, retries and give-ups as three separate facts."""
+
+    name = "metrics"
+
+    def __init__(self, metrics: Metrics, *, max_label_values: int = 500) -> None:
+        self.metrics = metrics
+        self.task_label = LabelBound(max_label_values)
+        self.exception_label = LabelBound(max_label_values)
+        self._runtime: dict[tuple[str, str], Any] = {}
+
+    def runtime(self, task_name: str, outcome: str) -> Any:
+        """The runtime histogram child for a task and outcome, cached."""
+        key = (task_name, outcome)
+        child = self._runtime.get(key)
+        if child is None:
+            child = self.metrics.task_runtime.labels(self.task_label(task_name), outcome)
+            self._runtime[key] = child
+        return child
+
+    def on_failure(self, event: FailureEvent) -> None:
+        task = self.task_label(event.task_name)
+        exception = self.exception_label(event.exception_type)
+        severity = event.severity.label
+        self.metrics.task_failures.labels(task, exception, severity).inc()
+        if event.retried:
+            self.metrics.task_retries.labels(task, exception).inc()
+        else:
+            self.metrics.task_giveups.labels(task, exception, severity).inc()
+            if event.reason == "retry_budget_exhausted":
+                self.metrics.retry_budget_exhausted.labels(task).inc()
+
+    def on_breaker_change(self, change: BreakerChange) -> None:
+        self.metrics.breaker_transitions.labels(
+            change.breaker, change.from_state, change.to_state).inc()

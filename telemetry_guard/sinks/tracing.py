@@ -1,0 +1,160 @@
+"""OpenTelemetry: the task's consumer span, its failure annotations, and header propagation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from ..events import BreakerChange, FailureEvent
+from .base import Sink
+
+TRACER_NAME = "telemetry_guard"
+#: The span name opentelemetry-instrumentation-celery gives a task run.
+INSTRUMENTATION_SPAN_PREFIX = "run/"
+
+
+class _RequestGetter(Getter[Any]):
+    """Reads W3C headers from a Celery request, where custom headers are attributes."""
+
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        value = getattr(carrier, key, None)
+        if value is None:
+            headers = getattr(carrier, "headers", None)
+            if isinstance(headers, dict):
+                value = headers.get(key)
+        if value is None:
+            return None
+        return [value] if isinstance(value, str) else list(value)
+
+    def keys(self, carrier: Any) -> list[str]:
+        return []
+
+
+REQUEST_GETTER = _RequestGetter()
+
+
+def inject_headers(headers: MutableMapping[str, Any]) -> None:
+    """Write the current trace context into outgoing task headers (W3C trace context)."""
+    if "traceparent" in headers:
+        return
+    propagate.inject(headers)
+
+
+class TaskSpan:
+    """The span of one task run: ours, or the instrumentation's when it opened one."""
+
+    __slots__ = ("span", "_token", "_owned")
+
+    def __init__(self, task_name: str, task_id: str | None, retries: int, request: Any) -> None:
+        current = trace.get_current_span()
+        if current.is_recording() and getattr(current, "name", "") == (
+                INSTRUMENTATION_SPAN_PREFIX + task_name):
+            self.span, self._token, self._owned = current, None, False
+        else:
+            parent = propagate.extract(request, getter=REQUEST_GETTER)
+            self.span = trace.get_tracer(TRACER_NAME).start_span(
+                INSTRUMENTATION_SPAN_PREFIX + task_name, context=parent, kind=SpanKind.CONSUMER)
+            self._token = otel_context.attach(trace.set_span_in_context(self.span, parent))
+            self._owned = True
+        if self.span.is_recording():
+            self.span.set_attribute("celery.task_name", task_name)
+            if task_id:
+                self.span.set_attribute("celery.task_id", task_id)
+            self.span.set_attribute("celery.retries", retries)
+
+    def end(self) -> None:
+        """End the span when it is ours and restore the previous context."""
+        if self._owned:
+            self.span.end()
+            if self._token is not None:
+                otel_context.detach(self._token)
+
+
+def current_ids() -> tuple[str | None, str | None]:
+    """The active span's trace and span ids as hex, or ``(None, None)``."""
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None, None
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+class TracingSink(Sink):
+    """Records the failure on the active span: exception, ERROR status, retry event."""
+
+    name = "tracing"
+
+    def on_failure(self, event: FailureEvent) -> None:
+        span = trace.get_current_span()
+        if not span.is_recording():
+            return
+        span.set_attribute("telemetry_guard.severity", event.severity.label)
+        # Recorded by hand, not with record_exception(): the message and
+        # traceback here are the redacted ones.
+        span.add_event("exception", {
+            "exception.type": event.exception_type,
+            "exception.message": event.message,
+            "exception.stacktrace": event.traceback,
+        })
+        span.set_status(Status(StatusCode.ERROR, f"{event.exception_type}"))
+        if event.retried:
+            span.add_event("task.retry", {
+                "attempt": event.attempt,
+                "max_retries": event.max_retries if event.max_retries is not None else -1,
+                "delay_s": event.delay_s or 0.0,
+                "exception.type": event.exception_type,
+            })
+        else:
+            span.add_event("task.gave_up", {"reason": event.reason,
+                                            "exception.type": event.exception_type})
+
+    def on_breaker_change(self, change: BreakerChange) -> None:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event("breaker.state_changed", {
+                "breaker": change.breaker, "from_state": change.from_state,
+                "to_state": change.to_state})
+
+    def flush(self, timeout: float = 5.0) -> None:
+        provider = trace.get_tracer_provider()
+        force_flush = getattr(provider, "force_flush", None)
+        if force_flush is not None:
+            force_flush(int(timeout * 1000))
+
+
+#: Loggers through which the OpenTelemetry SDK reports a failing span exporter.
+EXPORTER_LOGGERS = ("opentelemetry.sdk.trace.export", "opentelemetry.sdk._shared_internal")
+
+
+class ExporterFailureHandler(logging.Handler):
+    """Counts span-exporter failures the SDK reports by logging (it never raises them)."""
+
+    def __init__(self, report: Any) -> None:
+        super().__init__(level=logging.ERROR)
+        self._report = report
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("Exception while exporting"):
+            exc = record.exc_info[1] if record.exc_info else None
+            self._report("span_exporter", exc)
+
+    @classmethod
+    def install(cls, report: Any) -> ExporterFailureHandler:
+        """Attach one handler to the SDK's export loggers, replacing an earlier one."""
+        handler = cls(report)
+        for name in EXPORTER_LOGGERS:
+            log = logging.getLogger(name)
+            for old in [h for h in log.handlers if isinstance(h, cls)]:
+                log.removeHandler(old)
+            log.addHandler(handler)
+        return handler
+
+    def uninstall(self) -> None:
+        """Detach from the SDK's export loggers."""
+        for name in EXPORTER_LOGGERS:
+            logging.getLogger(name).removeHandler(self)

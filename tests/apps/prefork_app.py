@@ -1,0 +1,36 @@
+"""A Celery app for tests that run a real ``celery worker -P prefork`` subprocess."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+from celery import Celery
+
+from telemetry_guard import GuardedTask, RetryPolicy, TelemetryGuard
+
+BROKER = os.environ["TG_TEST_BROKER"]
+
+app = Celery("prefork_app", broker=BROKER, backend=BROKER)
+app.conf.update(
+    worker_max_tasks_per_child=int(os.environ.get("TG_TEST_MAX_TASKS_PER_CHILD", "0")) or None,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    task_default_queue="prefork",
+)
+guard = TelemetryGuard(app)
+
+
+@app.task(bind=True, base=GuardedTask, name="prefork.fail",
+          retry_policy=RetryPolicy(max_retries=0))
+def fail(self: GuardedTask, n: int) -> None:
+    """Always fails with a non-retryable error."""
+    raise ValueError(f"failure {n}")
+
+
+@app.task(bind=True, base=GuardedTask, name="prefork.hang")
+def hang(self: GuardedTask, key: str) -> None:
+    """Publishes its pid, then sleeps long enough to be killed."""
+    redis.Redis.from_url(BROKER).set(key, os.getpid())
+    time.sleep(60)

@@ -1,0 +1,65 @@
+"""Shared fixtures: a private redis-server, a Celery app on it, in-memory spans."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+from collections.abc import Iterator
+
+import pytest
+from celery import Celery
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.servers import RedisServer, start_redis
+
+_SPANS = InMemorySpanExporter()
+_PROVIDER = TracerProvider()
+_PROVIDER.add_span_processor(SimpleSpanProcessor(_SPANS))
+trace.set_tracer_provider(_PROVIDER)
+
+_dbs = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server this session started on a free port."""
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A fresh database of the private server, unique to this test."""
+    return f"{redis_server.url}/{next(_dbs) % 64}"
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The in-memory span exporter, emptied for this test."""
+    _SPANS.clear()
+    yield _SPANS
+    _SPANS.clear()
+
+
+@pytest.fixture
+def celery_app(redis_url: str) -> Iterator[Celery]:
+    """A Celery app whose broker, result backend and telemetry Redis is the private server."""
+    app = Celery("tests", broker=redis_url, backend=redis_url, set_as_current=False)
+    app.conf.update(
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        task_default_queue="tests",
+        result_expires=300,
+        accept_content=["json", "pickle"],
+        result_accept_content=["json", "pickle"],
+    )
+    yield app
+    guard = getattr(app, "_telemetry_guard", None)
+    if guard is not None:
+        guard.close()
+    app.close()
+    gc.collect()  # drop AsyncResults while their backend can still be reached

@@ -1,0 +1,134 @@
+"""A real ``celery worker -P prefork`` subprocess with prometheus_client multiprocess mode."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.servers import free_port, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of the worker's /metrics, keyed by name and labels."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def children(pid: int) -> set[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(p) for p in text.split()}
+
+
+class PreforkWorker:
+    def __init__(self, broker: str, tmp: Path, max_tasks_per_child: int) -> None:
+        self.port = free_port()
+        self.multiproc = tmp / "prom"
+        self.multiproc.mkdir()
+        (self.multiproc / "counter_999999.db").write_bytes(b"")  # left over by an earlier run
+        env = dict(os.environ, TG_TEST_BROKER=broker, PROMETHEUS_MULTIPROC_DIR=str(self.multiproc),
+                   TELEMETRY_GUARD_METRICS_PORT=str(self.port),
+                   TG_TEST_MAX_TASKS_PER_CHILD=str(max_tasks_per_child),
+                   PYTHONPATH=str(ROOT))
+        self.log = (tmp / "worker.log").open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.apps.prefork_app", "worker",
+             "-P", "prefork", "-c", "2", "-Q", "prefork", "-l", "WARNING",
+             "--without-heartbeat", "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(self._serving, timeout=30)
+
+    def _serving(self) -> bool:
+        assert self.proc.poll() is None, "worker exited"
+        try:
+            scrape(self.port)
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def producer(redis_url: str) -> Iterator[Celery]:
+    app = Celery("producer", broker=redis_url, backend=redis_url, set_as_current=False)
+    app.conf.task_default_queue = "prefork"
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def prefork(redis_url: str, tmp_path: Path) -> Iterator[PreforkWorker]:
+    worker = PreforkWorker(redis_url, tmp_path, max_tasks_per_child=5)
+    yield worker
+    worker.stop()
+
+
+def test_counts_from_all_children_add_up_and_dead_children_files_are_merged(
+        prefork: PreforkWorker, producer: Celery) -> None:
+    """20 failures over churning children: the main process's /metrics counts all 20."""
+    results = [producer.send_task("prefork.fail", args=(i,)) for i in range(20)]
+    for result in results:
+        with pytest.raises(ValueError):
+            result.get(timeout=30)
+
+    def counted() -> float:
+        return value(scrape(prefork.port), "telemetry_guard_task_failures_total",
+                     task="prefork.fail", exception="ValueError", severity="low")
+
+    wait_for(lambda: counted() == 20, timeout=15)
+    samples = scrape(prefork.port)
+    assert value(samples, "telemetry_guard_task_giveups_total", task="prefork.fail",
+                 exception="ValueError", severity="low") == 20
+    assert value(samples, "telemetry_guard_task_runtime_seconds_count", task="prefork.fail",
+                 outcome="failure") == 20
+
+    live = children(prefork.proc.pid) | {prefork.proc.pid}
+    pids = {name.rsplit("_", 1)[-1][:-3] for name in os.listdir(prefork.multiproc)}
+    assert pids - {str(p) for p in live} == {"merged"}, sorted(os.listdir(prefork.multiproc))
+    assert len(os.listdir(prefork.multiproc)) <= 2 * (len(live) + 1)
+
+
+def test_child_killed_mid_task_is_one_high_worker_lost_failure(
+        prefork: PreforkWorker, producer: Celery, redis_url: str) -> None:
+    """SIGKILL of a prefork child mid-task: one WorkerLostError failure of severity high."""
+    result = producer.send_task("prefork.hang", args=("hang-pid",))
+    client = redis.Redis.from_url(redis_url)
+    pid = int(wait_for(lambda: client.get("hang-pid"), timeout=20))
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(Exception) as raised:
+        result.get(timeout=30)
+    assert type(raised.value).__name__ == "WorkerLostError"
+
+    def counted() -> float:
+        return value(scrape(prefork.port), "telemetry_guard_task_failures_total",
+                     task="prefork.hang", exception="WorkerLostError", severity="high")
+
+    wait_for(lambda: counted() == 1, timeout=10)
+    samples = scrape(prefork.port)
+    assert value(samples, "telemetry_guard_task_giveups_total", task="prefork.hang",
+                 exception="WorkerLostError", severity="high") == 1

@@ -1,0 +1,550 @@
+"""Tests for telemetry_guard.redact: redaction, scrubbing and bounded serialisation."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from telemetry_guard.redact import (
+    CYCLE_MARKER,
+    DEFAULT_REDACT_KEYS,
+    DEPTH_MARKER,
+    MIN_RECORD_BYTES,
+    MORE_KEYS_KEY,
+    REDACTED,
+    TRUNCATED_MARKER,
+    Redactor,
+    exception_message,
+    safe_repr,
+)
+
+CANARY = "CANARY-7f3a9c51e2"
+SENSITIVE_KEYS = [
+    "password", "db_password", "PASSWD", "client_secret", "access_token", "X-Api-Key", "apikey",
+    "api.key", "Authorization", "auth", "set-cookie", "session", "sessionid", "private_key",
+    "private-key", "credit_card", "Card Number",
+]  # fmt: skip
+MARKER_RE = re.compile(r"…\[truncated \d+ chars\]")
+
+
+class Plain:
+    """An ordinary object with a repr."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"Plain({self.n})"
+
+
+class Hostile:
+    """An object whose repr, str, equality and ordering all raise."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr")
+
+    def __str__(self) -> str:
+        raise RuntimeError("str")
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("eq")
+
+    def __lt__(self, other: object) -> bool:
+        raise RuntimeError("lt")
+
+    __hash__ = object.__hash__
+
+
+class UnhashableHostile(Hostile):
+    """A Hostile whose hash raises too."""
+
+    def __hash__(self) -> int:
+        raise RuntimeError("hash")
+
+
+class BadStr(Exception):
+    """An exception whose __str__ raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+# --- key pattern -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", SENSITIVE_KEYS)
+def test_default_key_pattern_matches_secret_field_and_header_names(key: str) -> None:
+    """Every documented secret-ish name, in any case and separator, matches the default."""
+    assert re.search(DEFAULT_REDACT_KEYS, key, re.I)
+
+
+@pytest.mark.parametrize("key", ["user", "task_id", "queue", "amount", "retries", "host"])
+def test_default_key_pattern_leaves_ordinary_names_alone(key: str) -> None:
+    """Ordinary field names do not match the default key pattern."""
+    assert not re.search(DEFAULT_REDACT_KEYS, key, re.I)
+
+
+# --- redact: dict keys ---------------------------------------------------------------------
+
+
+def test_password_key_is_redacted_at_any_depth() -> None:
+    """A sensitive key's value is replaced inside dicts inside lists inside dicts."""
+    value = {"a": [{"b": {"db_password": "hunter2", "user": "bob"}}], "Authorization": "x"}
+    assert Redactor().redact(value) == {
+        "a": [{"b": {"db_password": REDACTED, "user": "bob"}}],
+        "Authorization": REDACTED,
+    }
+
+
+@pytest.mark.parametrize("key", SENSITIVE_KEYS)
+def test_every_sensitive_key_hides_its_whole_value(key: str) -> None:
+    """Whatever sits under a sensitive key, container or scalar, becomes the REDACTED marker."""
+    out = Redactor().redact({key: {"nested": [CANARY]}})
+    assert out == {key: REDACTED}
+
+
+def test_str_key_pattern_is_case_insensitive() -> None:
+    """A custom key pattern given as text matches keys in any case."""
+    assert Redactor(key_pattern="ssn").redact({"SSN": 1, "Ssn_hash": 2, "x": 3}) == {
+        "SSN": REDACTED,
+        "Ssn_hash": REDACTED,
+        "x": 3,
+    }
+
+
+def test_compiled_key_pattern_keeps_its_own_flags() -> None:
+    """A compiled key pattern is applied with its own (here case-sensitive) flags."""
+    redactor = Redactor(key_pattern=re.compile("Secret"))
+    assert redactor.redact({"Secret": 1, "secret": 2}) == {"Secret": REDACTED, "secret": 2}
+
+
+def test_non_string_keys_are_converted_and_still_matched() -> None:
+    """Non-str keys become their repr, and are redacted when that repr matches."""
+    out = Redactor().redact({1: "a", None: "b", ("password",): "c", b"token": "d"})
+    assert out == {"1": "a", "None": "b", "('password',)": REDACTED, "b'token'": REDACTED}
+
+
+def test_secrets_inside_dict_keys_are_scrubbed() -> None:
+    """A key that is itself a credential is scrubbed like any other text."""
+    out = Redactor().redact({"sk_live_" + "Ab1" * 8: 1})
+    assert out == {REDACTED: 1}
+
+
+# --- redact: scalars ---------------------------------------------------------------------
+
+
+def test_string_values_are_scrubbed_like_free_text() -> None:
+    """Secrets inside str values are scrubbed even under innocent keys."""
+    out = Redactor().redact({"note": "connect redis://app:s3cr3t@cache:6379 failed"})
+    assert out == {"note": "connect redis://app:[REDACTED]@cache:6379 failed"}
+
+
+def test_long_string_value_is_truncated_with_marker() -> None:
+    """A str longer than max_value_chars is cut there and followed by the marker."""
+    out = Redactor(max_value_chars=10).redact("a" * 25)
+    assert out == "a" * 10 + TRUNCATED_MARKER.format(n=15)
+
+
+def test_bytes_become_a_bounded_repr_string() -> None:
+    """bytes and bytearray become the repr of at most max_value_chars bytes."""
+    redactor = Redactor(max_value_chars=10)
+    assert redactor.redact(b"abc") == "b'abc'"
+    assert redactor.redact(bytearray(b"abc")) == "b'abc'"
+    out = redactor.redact(b"a" * 100)
+    assert isinstance(out, str) and out.startswith("b'aaaaaaa") and MARKER_RE.search(out)
+    assert len(out) <= 10 + len(TRUNCATED_MARKER.format(n=1000))
+
+
+def test_tuples_become_lists() -> None:
+    """Tuples, nested or not, come out as lists."""
+    assert Redactor().redact((1, ("a", None))) == [1, ["a", None]]
+
+
+def test_orderable_sets_become_sorted_lists() -> None:
+    """A set or frozenset of mutually orderable elements becomes a sorted list."""
+    assert list({8, 1, 2}) != [1, 2, 8]  # iteration order alone would not pass
+    assert Redactor().redact({8, 1, 2}) == [1, 2, 8]
+    assert Redactor().redact(frozenset({33, 2, 17})) == [2, 17, 33]
+
+
+def test_unorderable_sets_keep_every_element() -> None:
+    """A set whose elements cannot be compared still becomes a list of all of them."""
+    out = Redactor().redact({1, "a", None})
+    assert isinstance(out, list)
+    assert sorted(out, key=repr) == sorted([1, "a", None], key=repr)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(float("nan"), "nan"), (float("inf"), "inf"), (-float("inf"), "-inf")]
+)
+def test_non_finite_floats_become_strings(value: float, expected: str) -> None:
+    """NaN and infinities become strings so the output stays strict JSON."""
+    assert Redactor().redact([value]) == [expected]
+
+
+def test_plain_scalars_are_kept_as_they_are() -> None:
+    """ints, finite floats, bools and None come back unchanged."""
+    value = [0, -7, 2**63, 1.5, True, False, None]
+    assert Redactor().redact(value) == value
+
+
+def test_huge_ints_become_hex_strings() -> None:
+    """An int too wide for JSON consumers becomes a (bounded) hex string."""
+    out = Redactor().redact(10**5000)
+    assert isinstance(out, str) and out.startswith("0x")
+    json.dumps(out)
+
+
+def test_scalars_never_touch_the_text_regex() -> None:
+    """ints, floats, bools and None skip the scrub regex entirely (the fast path)."""
+
+    class Exploding:
+        def sub(self, *args: object) -> str:
+            raise AssertionError("regex used")
+
+    redactor = Redactor()
+    redactor._text_re = Exploding()  # type: ignore[assignment]
+    assert redactor.redact([1, 2.5, True, None, (3,)]) == [1, 2.5, True, None, [3]]
+
+
+def test_custom_objects_become_their_scrubbed_repr() -> None:
+    """Objects and exceptions become their repr string, with secrets inside scrubbed."""
+    redactor = Redactor()
+    assert redactor.redact(Plain(3)) == "Plain(3)"
+    assert redactor.redact(ValueError("token=abc123")) == "ValueError('token=[REDACTED]')"
+
+
+def test_objects_whose_dunders_raise_become_markers() -> None:
+    """A raising __repr__/__eq__/__lt__/__hash__ yields a marker, not an exception."""
+    redactor = Redactor()
+    assert redactor.redact(Hostile()) == "<unrepresentable Hostile>"
+    assert redactor.redact([UnhashableHostile()]) == ["<unrepresentable UnhashableHostile>"]
+    assert redactor.redact({Hostile(), Hostile()}) == ["<unrepresentable Hostile>"] * 2
+    assert redactor.redact({Hostile(): 1}) == {"<unrepresentable Hostile>": 1}
+
+
+def test_mapping_whose_items_raise_becomes_a_marker() -> None:
+    """A dict subclass that raises while being iterated becomes a marker string."""
+
+    class Broken(dict):  # type: ignore[type-arg]
+        def items(self):  # type: ignore[no-untyped-def]
+            raise RuntimeError("boom")
+
+    assert Redactor().redact({"ok": Broken(a=1)}) == {"ok": "<unrepresentable Broken>"}
+
+
+# --- redact: structure bounds ---------------------------------------------------------------
+
+
+def test_self_referencing_list_gives_cycle_marker() -> None:
+    """A list containing itself is walked once and the back-reference becomes a marker."""
+    value: list[object] = [1]
+    value.append(value)
+    assert Redactor().redact(value) == [1, CYCLE_MARKER]
+
+
+def test_self_referencing_dict_gives_cycle_marker() -> None:
+    """A dict containing itself is walked once and the back-reference becomes a marker."""
+    value: dict[str, object] = {"n": 1}
+    value["me"] = {"again": value}
+    assert Redactor().redact(value) == {"n": 1, "me": {"again": CYCLE_MARKER}}
+
+
+def test_shared_reference_that_is_not_a_cycle_is_repeated() -> None:
+    """The same list appearing twice side by side is not mistaken for a cycle."""
+    shared = [1, 2]
+    assert Redactor().redact([shared, shared]) == [[1, 2], [1, 2]]
+
+
+def test_nesting_deeper_than_max_depth_is_cut_with_marker() -> None:
+    """Containers nested deeper than max_depth become the depth marker."""
+    assert Redactor(max_depth=3).redact([[[[1]]]]) == [[[DEPTH_MARKER]]]
+    assert Redactor(max_depth=3).redact([[[1]]]) == [[[1]]]
+
+
+def test_extremely_deep_nesting_does_not_raise() -> None:
+    """A 100 000-level nested list is bounded without RecursionError."""
+    value: list[object] = []
+    for _ in range(100_000):
+        value = [value]
+    redactor = Redactor()
+    out = redactor.redact(value)
+    json.dumps(out)
+    assert json.loads(redactor.dumps({"args": value}))
+
+
+@pytest.mark.parametrize("factory", [list, tuple, set, frozenset])
+def test_long_sequences_end_with_a_count_of_dropped_items(factory: type) -> None:
+    """A list, tuple or set past max_items keeps max_items elements and a count marker."""
+    out = Redactor(max_items=100).redact(factory(range(150)))
+    assert isinstance(out, list) and len(out) == 101
+    assert out[-1] == "<50 more items>"
+
+
+def test_long_dicts_get_a_count_of_dropped_keys() -> None:
+    """A dict past max_items keeps max_items entries plus a key counting the rest."""
+    out = Redactor(max_items=100).redact({f"k{i}": i for i in range(150)})
+    assert isinstance(out, dict) and len(out) == 101 and out[MORE_KEYS_KEY] == 50
+
+
+# --- redact_text -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Authorization: Bearer abc.def-ghi", "Authorization: [REDACTED]"),
+        ("sent bearer eyJhbGciOi.x", "sent bearer [REDACTED]"),
+        ("header Basic dXNlcjpwYXNz", "header Basic [REDACTED]"),
+        ("redis://user:pass@host:6379/0", "redis://user:[REDACTED]@host:6379/0"),
+        ("GET https://u:p@example.com/x", "GET https://u:[REDACTED]@example.com/x"),
+        ("redis://:only-pass@host", "redis://:[REDACTED]@host"),
+        ("login password=hunter2 denied", "login password=[REDACTED] denied"),
+        ("token: abc123", "token: [REDACTED]"),
+        ('{"api_key": "xyz zz", "n": 1}', '{"api_key": "[REDACTED]", "n": 1}'),
+        ("{'db_password': 'hunter2'}", "{'db_password': '[REDACTED]'}"),
+        ("X-Api-Key: k123", "X-Api-Key: [REDACTED]"),
+        ("?session=abc&page=2", "?session=[REDACTED]&page=2"),
+    ],
+)
+def test_redact_text_scrubs_credentials_but_keeps_context(text: str, expected: str) -> None:
+    """Credentials in headers, URLs and key/value pairs are replaced; the rest is kept."""
+    assert Redactor().redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "sk_live_" + "a1B2" * 6,
+        "sk_test_" + "a1B2" * 6,
+        "rk_live_" + "a1B2" * 6,
+        "sk-" + "proj-" + "Ab1" * 12,
+        "ghp_" + "A1b" * 12,
+        "xoxb-123456789012-abcdef",
+        "AKIAIOSFODNN7EXAMPLE",
+    ],
+)
+def test_redact_text_scrubs_well_known_api_key_shapes(secret: str) -> None:
+    """Stripe, OpenAI, GitHub, Slack and AWS key shapes are replaced wherever they appear."""
+    assert Redactor().redact_text(f"using {secret} now") == f"using {REDACTED} now"
+
+
+def test_redact_text_leaves_ordinary_messages_alone() -> None:
+    """Text without credentials comes back unchanged."""
+    text = "Task failed after 3 retries: ConnectionError('host:6379 refused'); see https://x.io/a"
+    assert Redactor().redact_text(text) == text
+
+
+def test_redact_text_url_with_port_and_email_keeps_its_host() -> None:
+    """An '@' in a query string is not mistaken for userinfo after a port."""
+    text = "https://host:8080/x?email=a@b.c"
+    assert Redactor().redact_text(text) == text
+
+
+def test_redact_text_truncates_with_marker() -> None:
+    """Long text is cut to max_value_chars and followed by the marker."""
+    expected = "abcde" + TRUNCATED_MARKER.format(n=3)
+    assert Redactor(max_value_chars=5).redact_text("abcdefgh") == expected
+
+
+def test_secret_straddling_the_cut_is_not_leaked() -> None:
+    """A secret that starts before the cut is scrubbed before the text is truncated."""
+    redactor = Redactor(max_value_chars=50)
+    assert "sk_live" not in redactor.redact_text("a" * 45 + " sk_live_" + "Z9" * 12)
+    assert "hunt" not in redactor.redact_text("a" * 40 + " password=hunter2hunter2")
+    url = "a" * 30 + " redis://u:" + "p" * 40 + "@host"  # the '@' lies past the cut
+    assert "ppp" not in redactor.redact_text(url)
+    quoted = "a" * 30 + ' "password": "' + "p" * 40 + '"'  # the closing quote lies past the cut
+    assert "ppp" not in redactor.redact_text(quoted)
+
+
+def test_redact_text_accepts_exceptions_and_other_objects() -> None:
+    """Non-str input is turned into text (message or repr) and then scrubbed."""
+    redactor = Redactor()
+    assert redactor.redact_text(ValueError("password=x")) == "password=[REDACTED]"
+    assert redactor.redact_text(BadStr()) == "<unprintable BadStr>"
+    assert redactor.redact_text({"token": "abc"}) == "{'token': '[REDACTED]'}"
+    assert redactor.redact_text(Hostile()) == "<unrepresentable Hostile>"
+
+
+# --- safe_repr / exception_message ---------------------------------------------------------
+
+
+def test_safe_repr_of_raising_repr_names_the_type() -> None:
+    """A __repr__ that raises gives '<unrepresentable TypeName>'."""
+    assert safe_repr(Hostile()) == "<unrepresentable Hostile>"
+
+
+def test_safe_repr_of_non_string_repr_names_the_type() -> None:
+    """A __repr__ returning a non-str gives the same marker instead of a TypeError."""
+
+    class NotStr:
+        def __repr__(self):  # type: ignore[no-untyped-def]
+            return 42
+
+    assert safe_repr(NotStr()) == "<unrepresentable NotStr>"
+
+
+def test_safe_repr_is_bounded() -> None:
+    """safe_repr cuts long reprs at the limit and appends the marker."""
+    assert safe_repr("x" * 100, limit=10) == "'xxxxxxxxx" + TRUNCATED_MARKER.format(n=92)
+
+
+def test_exception_message_of_broken_str_names_the_type() -> None:
+    """An exception whose __str__ raises gives '<unprintable TypeName>'."""
+    assert exception_message(BadStr()) == "<unprintable BadStr>"
+
+
+def test_exception_message_is_str_of_exception_bounded() -> None:
+    """exception_message is str(exc), cut at the limit with the marker."""
+    assert exception_message(KeyError("k")) == "'k'"
+    expected = "y" * 20 + TRUNCATED_MARKER.format(n=10)
+    assert exception_message(ValueError("y" * 30), limit=20) == expected
+
+
+# --- bound_record / dumps -------------------------------------------------------------------
+
+
+def test_record_within_bound_is_returned_unchanged() -> None:
+    """A record that already fits comes back as is, with no truncation flag."""
+    record = {"task": "t", "args": [1, 2]}
+    assert Redactor().bound_record(record) is record
+
+
+def test_oversized_record_cuts_longest_strings_first() -> None:
+    """The longest strings are cut; shorter fields survive intact; the record is flagged."""
+    record = {"short": "keep me", "mid": "y" * 300, "long": "x" * 5000}
+    out = Redactor(max_record_bytes=1024).bound_record(record)
+    assert len(json.dumps(out)) <= 1024
+    assert out["_truncated"] is True
+    assert out["short"] == "keep me" and out["mid"] == "y" * 300
+    assert isinstance(out["long"], str) and MARKER_RE.search(out["long"])
+    assert record["long"] == "x" * 5000  # the input is not modified
+
+
+def test_oversized_record_of_small_values_replaces_a_sub_structure() -> None:
+    """When strings cannot help, the smallest sufficient sub-structure becomes a marker."""
+    record = {"task": "t", "kwargs": {"a": list(range(50))}, "args": list(range(1000))}
+    out = Redactor(max_record_bytes=1024).bound_record(record)  # type: ignore[arg-type]
+    assert len(json.dumps(out)) <= 1024 and out["_truncated"] is True
+    assert out["task"] == "t" and out["kwargs"] == {"a": list(range(50))}
+    assert re.fullmatch(r"<\d+ bytes omitted>", out["args"])  # type: ignore[arg-type]
+
+
+def test_only_the_smallest_sufficient_sub_structure_is_replaced() -> None:
+    """A larger sub-structure survives when dropping a smaller one is enough."""
+    record = {"big": list(range(1000)), "medium": list(range(300))}
+    out = Redactor(max_record_bytes=5200).bound_record(record)  # type: ignore[arg-type]
+    assert len(json.dumps(out)) <= 5200
+    assert out["big"] == list(range(1000))
+    assert re.fullmatch(r"<\d+ bytes omitted>", out["medium"])  # type: ignore[arg-type]
+
+
+def test_record_with_too_many_fields_drops_fields() -> None:
+    """A record of many top-level scalars loses fields until it fits."""
+    record = {f"k{i}": i for i in range(1000)}
+    out = Redactor(max_record_bytes=256).bound_record(record)  # type: ignore[arg-type]
+    assert len(json.dumps(out)) <= 256 and out["_truncated"] is True
+
+
+def test_bound_record_makes_a_non_json_record_safe() -> None:
+    """A record holding NaN or arbitrary objects still comes back strict-JSON-encodable."""
+    out = Redactor().bound_record({"x": float("nan"), "o": Plain(1)})  # type: ignore[dict-item]
+    assert json.loads(json.dumps(out, allow_nan=False)) == {"x": "nan", "o": "Plain(1)"}
+
+
+def test_five_megabyte_string_is_truncated_under_the_bound() -> None:
+    """A 5 MB message is cut with the marker and the record stays under the byte bound."""
+    redactor = Redactor()
+    encoded = redactor.dumps({"message": "x" * 5_000_000})
+    assert len(encoded.encode()) <= 32768
+    message = json.loads(encoded)["message"]
+    assert message.startswith("x" * 2048) and message.endswith("[truncated 4997952 chars]")
+
+
+def test_dumps_redacts_and_returns_valid_json() -> None:
+    """dumps applies redaction and yields parseable JSON."""
+    out = json.loads(Redactor().dumps({"kwargs": {"password": "hunter2"}, "n": float("inf")}))
+    assert out == {"kwargs": {"password": REDACTED}, "n": "inf"}
+
+
+def test_dumps_never_raises_on_a_non_dict_record() -> None:
+    """Whatever is passed, dumps returns JSON (non-dict input is wrapped under 'value')."""
+    assert json.loads(Redactor().dumps([1, Hostile()])) == {  # type: ignore[arg-type]
+        "value": [1, "<unrepresentable Hostile>"]
+    }
+
+
+def test_limits_below_minimum_are_rejected() -> None:
+    """A Redactor cannot be built with a record bound too small to hold the flag."""
+    with pytest.raises(ValueError):
+        Redactor(max_record_bytes=MIN_RECORD_BYTES - 1)
+    with pytest.raises(ValueError):
+        Redactor(max_depth=0)
+
+
+# --- properties ---------------------------------------------------------------------------
+
+hashables = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),  # includes nan and ±inf
+    st.text(),
+    st.binary(),
+    st.builds(Plain, st.integers()),
+    st.builds(Hostile),
+)
+leaves = hashables | st.sets(hashables, max_size=4) | st.frozensets(hashables, max_size=4)
+keys = (
+    st.text(max_size=10)
+    | st.integers()
+    | st.tuples(st.integers())
+    | st.sampled_from(SENSITIVE_KEYS)
+)
+values = st.recursive(
+    leaves,
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.tuples(children, children)
+        | st.dictionaries(keys, children, max_size=5)
+    ),
+    max_leaves=40,
+)
+payloads = st.sampled_from([CANARY, [CANARY], {"inner": CANARY}, (1, CANARY), {CANARY}])
+secret_values = st.recursive(
+    leaves | st.builds(lambda k, v: {k: v}, st.sampled_from(SENSITIVE_KEYS), payloads),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values)
+def test_redact_output_is_always_strict_json(value: object) -> None:
+    """For any nested value, the redacted copy encodes with allow_nan=False."""
+    json.dumps(Redactor().redact(value), allow_nan=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values, st.integers(MIN_RECORD_BYTES, 4096))
+def test_dumps_always_fits_the_byte_bound(value: object, bound: int) -> None:
+    """For any value and bound, dumps gives parseable JSON of at most that many UTF-8 bytes."""
+    encoded = Redactor(max_record_bytes=bound).dumps({"args": value})
+    assert len(encoded.encode()) <= bound
+    assert isinstance(json.loads(encoded), dict)
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret_values, st.integers(MIN_RECORD_BYTES, 4096))
+def test_canary_under_a_sensitive_key_never_appears(value: object, bound: int) -> None:
+    """A canary secret placed under any sensitive key is absent from every output."""
+    redactor = Redactor(max_record_bytes=bound)
+    assert CANARY not in json.dumps(redactor.redact(value))
+    assert CANARY not in redactor.dumps({"args": value})
