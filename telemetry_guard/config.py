@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -94,13 +95,13 @@ class Settings:
                 raw, source = _parse_env(f.name, environ[env_name]), env_name
             else:
                 key = CONF_PREFIX + f.name
-                value = conf.get(key)
-                if value is None:
+                if key not in conf:
                     continue
+                value = conf.get(key)
                 raw, source = value, f"app.conf.{key}"
             values[f.name] = _coerce(f.name, raw, source)
-        if values.get("redis_url") is None:
-            values["redis_url"] = _redis_from_broker(conf.get("broker_url"))
+        if "redis_url" not in values:  # an explicit None (keyword, env "none") turns it off
+            values["redis_url"] = _redis_from_broker(conf.broker_url)
         if values.get("redelivery_horizon") is None:
             values["redelivery_horizon"] = _redelivery_horizon(conf)
         return cls(**values)
@@ -123,14 +124,14 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
     try:
         if name in ("error_log_maxlen", "error_log_buffer", "max_label_values",
                     "max_value_chars", "max_record_bytes"):
-            value = int(raw)
+            value = _whole_number(raw)
             if value <= 0:
                 raise ValueError("must be a positive integer")
             return value
         if name == "metrics_port":
             if raw is None:
                 return None
-            port = int(raw)
+            port = _whole_number(raw)
             if not 0 <= port <= 65535:
                 raise ValueError("must be a TCP port (0-65535)")
             return port
@@ -138,8 +139,10 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if raw is None:
                 return None
             value = float(raw)
-            if value < 0:
-                raise ValueError("must be >= 0")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError("must be a finite number >= 0")
+            if name == "redelivery_horizon" and value == 0:
+                raise ValueError("must be > 0 (seconds before the broker redelivers)")
             return value
         if name == "tracing":
             if isinstance(raw, str):
@@ -156,6 +159,17 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
         return None if raw is None else str(raw)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"telemetry_guard setting {name!r} from {source}: {exc}") from None
+
+
+def _whole_number(raw: Any) -> int:
+    """An int from an int, a whole float or a numeric string; never silently truncated."""
+    if isinstance(raw, bool):
+        raise ValueError(f"must be an integer, not {raw!r}")
+    if isinstance(raw, float):
+        if not raw.is_integer():
+            raise ValueError(f"must be an integer, not {raw!r}")
+        return int(raw)
+    return int(raw)
 
 
 def _routes(raw: Any) -> dict[str, tuple[str, ...]]:
@@ -203,9 +217,10 @@ def _redis_from_broker(broker_url: Any) -> str | None:
 
 def _redelivery_horizon(conf: Any) -> float | None:
     """The broker's redelivery horizon in seconds, when it has one."""
-    broker_url = conf.get("broker_url") or ""
+    broker_url = conf.broker_url or ""
     scheme = str(broker_url).split("://", 1)[0].split("+")[0]
     options = conf.get("broker_transport_options") or {}
     if "visibility_timeout" in options:
-        return float(options["visibility_timeout"])
+        return _coerce("redelivery_horizon", options["visibility_timeout"],
+                       "app.conf.broker_transport_options['visibility_timeout']")  # type: ignore[no-any-return]
     return DEFAULT_REDELIVERY_HORIZONS.get(scheme)

@@ -22,6 +22,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: File-name prefixes whose dead-process files are folded into a merged file.
 ARCHIVED_TYPES = ("counter", "histogram")
 MERGED = "merged"
+#: A metrics file shorter than this has not been initialised by its process yet.
+MMAP_HEADER_BYTES = 8
 
 
 def multiproc_dir() -> str | None:
@@ -68,6 +70,9 @@ def archive_dead_processes(path: str) -> int:
         mark_process_dead(int(pid), path)
         for typ in ARCHIVED_TYPES:
             dead = [f for f in files if os.path.basename(f).startswith(typ + "_")]
+            for empty in [f for f in dead if os.path.getsize(f) < MMAP_HEADER_BYTES]:
+                os.remove(empty)  # the process died before writing anything
+                dead.remove(empty)
             if dead:
                 _fold(path, typ, dead)
                 folded += len(dead)
@@ -104,8 +109,23 @@ class ArchivingCollector(MultiProcessCollector):  # type: ignore[misc]
 
     def collect(self) -> Any:
         with self._lock:
-            archive_dead_processes(self._path)
-            return super().collect()
+            try:
+                archive_dead_processes(self._path)
+            except (OSError, ValueError):
+                pass  # folding is an optimisation: serve every file as it is
+            return self.merge(_initialised_files(self._path), accumulate=True)
+
+
+def _initialised_files(path: str) -> list[str]:
+    """The ``*.db`` files past their header: a child that just started may have an empty one."""
+    files = []
+    for name in glob.glob(os.path.join(path, "*.db")):
+        try:
+            if os.path.getsize(name) >= MMAP_HEADER_BYTES:
+                files.append(name)
+        except FileNotFoundError:
+            continue
+    return files
 
 
 def metrics_registry() -> Any:

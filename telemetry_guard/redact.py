@@ -41,9 +41,7 @@ DEFAULT_REDACT_KEYS = (
 
 _Record: TypeAlias = "dict[str, Any]"
 _Strings: TypeAlias = "list[tuple[Any, Any, str]]"  # (parent, key, text) of string leaves
-_Containers: TypeAlias = (
-    "list[tuple[int, Any, Any, tuple[int, ...]]]"  # size, parent, key, ids above
-)
+_Containers: TypeAlias = "list[tuple[int, Any, Any, tuple[int, ...]]]"  # size, parent, key, above
 _SCRUB_SLACK = 256  # text is scrubbed this far past the cut, so a straddling secret is caught
 _MAX_INT_BITS = 256
 _KEY_CACHE_SIZE = 1024
@@ -87,6 +85,11 @@ def _truncate(text: str, limit: int, total: int | None = None) -> str:
 
 def _marker_cost(n: int) -> int:
     return len(_encode(TRUNCATED_MARKER.format(n=n))) - 2
+
+
+def _saving(size: int) -> int:
+    """Bytes saved by replacing a ``size``-byte structure with the (ASCII) omitted marker."""
+    return size - len(OMITTED_MARKER.format(n=size)) - 2
 
 
 def _encode(value: object) -> str:
@@ -152,20 +155,18 @@ class Redactor:
     def redact_text(self, text: object) -> str:
         """Scrub secrets inside free text (exception messages, tracebacks) and truncate."""
         try:
-            if isinstance(text, str):
-                return self._scrub(str.__str__(text))
-            if isinstance(text, BaseException):
-                return self._scrub(_raw_text(text, True))
-            return self._scrub(_raw_text(text))
+            is_str, is_exc = isinstance(text, str), isinstance(text, BaseException)
+            return self._scrub(str.__str__(text) if is_str else _raw_text(text, is_exc))
         except Exception:
             return f"<unprintable {_type_name(text)}>"
 
     def bound_record(self, record: dict[str, JSONValue]) -> dict[str, JSONValue]:
         """Shrink a record so json.dumps(record) (UTF-8) fits max_record_bytes, with a marker.
 
-        Longest strings are cut first (to a common length), then the smallest sub-structure
-        whose removal suffices (else the largest, repeatedly) becomes ``"<N bytes omitted>"``,
-        then top-level fields are dropped; ``"_truncated": true`` marks any change.
+        A record that fits is returned as is. Otherwise a copy: the longest strings are cut first
+        (to one common length), then the smallest sub-structure whose removal suffices (else the
+        largest, repeatedly) becomes ``"<N bytes omitted>"``, then top-level fields are dropped;
+        ``"_truncated": true`` is added. A record that is not JSON-safe is redacted first.
         """
         try:
             try:
@@ -179,12 +180,13 @@ class Redactor:
             out: _Record = json.loads(encoded)
             out["_truncated"] = True
             for shrink in (_cut_strings, _drop_containers, _drop_fields):
-                strings: _Strings = []
-                containers: _Containers = []
-                excess = _inventory(out, (), strings, containers) - self._max_bytes
+                excess = len(_encode(out)) - self._max_bytes
                 if excess <= 0:
                     break
-                shrink(out, strings, containers, excess)
+                strings: _Strings = []
+                boxes: _Containers = []
+                _inventory(out, (), strings, boxes)
+                shrink(out, strings, boxes, excess)
             return out if len(_encode(out)) <= self._max_bytes else {"_truncated": True}
         except Exception:
             return {"_truncated": True}
@@ -273,33 +275,25 @@ class Redactor:
         return listed
 
 
-def _inventory(
-    node: Any, above: tuple[int, ...], strings: _Strings, containers: _Containers
-) -> int:
-    """Collect node's string leaves and sub-containers; return its ``json.dumps`` length."""
-    pairs = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
-    size, inner = 2 + 2 * max(len(pairs) - 1, 0), (*above, id(node))
-    for key, value in pairs:
-        size += len(_encode(key)) + 2 if isinstance(node, dict) else 0
-        if isinstance(value, (dict, list)):
-            length = _inventory(value, inner, strings, containers)
-            containers.append((length, node, key, inner))
-        else:
-            length = len(_encode(value))
-            if isinstance(value, str):
-                strings.append((node, key, value))
-        size += length
-    return size
+def _inventory(node: Any, above: tuple[int, ...], strings: _Strings, boxes: _Containers) -> None:
+    """Collect node's string leaves and (with their encoded size) its sub-containers."""
+    inner = (*above, id(node))
+    for key, value in node.items() if isinstance(node, dict) else enumerate(node):
+        if isinstance(value, str):
+            strings.append((node, key, value))
+        elif isinstance(value, (dict, list)):
+            boxes.append((len(_encode(value)), node, key, inner))
+            _inventory(value, inner, strings, boxes)
 
 
-def _cut_strings(out: _Record, strings: _Strings, containers: _Containers, excess: int) -> None:
+def _cut_strings(out: _Record, strings: _Strings, boxes: _Containers, excess: int) -> None:
     """Cut every string longer than the highest common length that removes ``excess`` bytes."""
 
     def gain(cap: int) -> int:
         return sum(max(0, len(s) - cap - _marker_cost(len(s) - cap)) for _, _, s in strings)
 
     low, high = 0, max((len(s) for _, _, s in strings), default=0)
-    while low < high:  # highest cap whose gain covers the excess (0 if none does)
+    while low < high:  # the highest cap whose gain covers the excess (0 if none does)
         mid = (low + high + 1) // 2
         low, high = (mid, high) if gain(mid) >= excess else (low, mid - 1)
     for parent, key, s in strings:
@@ -307,25 +301,22 @@ def _cut_strings(out: _Record, strings: _Strings, containers: _Containers, exces
             parent[key] = _truncate(s, low)
 
 
-def _drop_containers(out: _Record, strings: _Strings, containers: _Containers, excess: int) -> None:
-    """Replace the smallest sufficient sub-structure, else the largest ones, with a marker."""
+def _drop_containers(out: _Record, strings: _Strings, boxes: _Containers, excess: int) -> None:
+    """Replace the smallest sub-structure whose removal suffices, else the largest; repeat."""
     dropped: set[int] = set()
-    pending = sorted(containers, key=lambda entry: entry[0])
+    boxes.sort(key=lambda box: box[0])
     while excess > 0:
-        live = [entry for entry in pending if dropped.isdisjoint(entry[3])]
-        saving = {id(e): e[0] - len(_encode(OMITTED_MARKER.format(n=e[0]))) for e in live}
-        live = [entry for entry in live if saving[id(entry)] > 0]
+        live = [box for box in boxes if _saving(box[0]) > 0 and dropped.isdisjoint(box[3])]
+        live = [box for box in live if isinstance(box[1][box[2]], (dict, list))]
         if not live:
             return
-        chosen = next((e for e in live if saving[id(e)] >= excess), live[-1])
-        size, parent, key, _ = chosen
+        size, parent, key, _ = next((b for b in live if _saving(b[0]) >= excess), live[-1])
         dropped.add(id(parent[key]))
         parent[key] = OMITTED_MARKER.format(n=size)
-        excess -= saving[id(chosen)]
-        pending.remove(chosen)
+        excess -= _saving(size)
 
 
-def _drop_fields(out: _Record, strings: _Strings, containers: _Containers, excess: int) -> None:
+def _drop_fields(out: _Record, strings: _Strings, boxes: _Containers, excess: int) -> None:
     """Remove the largest top-level fields (never ``_truncated``) until the record fits."""
     fields = sorted((k for k in out if k != "_truncated"), key=lambda k: -len(_encode(out[k])))
     for key in fields:

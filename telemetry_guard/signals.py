@@ -21,7 +21,7 @@ class GuardSignals:
 
     def __init__(self, guard: TelemetryGuard) -> None:
         self.guard = guard
-        self._uid = f"telemetry_guard:{id(guard.app)}"
+        self._uid = f"telemetry_guard:{id(guard)}"
         self._metrics_server: Any = None
 
     def _pairs(self) -> list[tuple[Any, Any]]:

@@ -121,7 +121,7 @@ def build_failure_event(
         max_retries=max_retries,
         exception_type=type(exc).__name__,
         exception_module=type(exc).__module__,
-        message=redactor.redact_text(exception_message(exc)),
+        message=redactor.redact_text(exc),
         traceback=guard.traceback_redactor.redact_text(
             traceback_text if traceback_text is not None else format_traceback(exc)),
         severity=severity,

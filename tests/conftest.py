@@ -4,20 +4,34 @@ from __future__ import annotations
 
 import gc
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from celery import Celery
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.servers import RedisServer, start_redis
 
+
+class ToggleableFailingExporter(SpanExporter):
+    """A span exporter that raises while ``failing`` is set (a broken collector)."""
+
+    failing = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self.failing:
+            raise ConnectionRefusedError("collector unreachable")
+        return SpanExportResult.SUCCESS
+
+
 _SPANS = InMemorySpanExporter()
+_FAILING = ToggleableFailingExporter()
 _PROVIDER = TracerProvider()
 _PROVIDER.add_span_processor(SimpleSpanProcessor(_SPANS))
+_PROVIDER.add_span_processor(SimpleSpanProcessor(_FAILING))
 trace.set_tracer_provider(_PROVIDER)
 
 _dbs = itertools.count(1)
@@ -63,3 +77,11 @@ def celery_app(redis_url: str) -> Iterator[Celery]:
         guard.close()
     app.close()
     gc.collect()  # drop AsyncResults while their backend can still be reached
+
+
+@pytest.fixture
+def failing_span_exporter() -> Iterator[ToggleableFailingExporter]:
+    """Makes every span export raise for the duration of the test."""
+    _FAILING.failing = True
+    yield _FAILING
+    _FAILING.failing = False

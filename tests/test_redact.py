@@ -548,3 +548,18 @@ def test_canary_under_a_sensitive_key_never_appears(value: object, bound: int) -
     redactor = Redactor(max_record_bytes=bound)
     assert CANARY not in json.dumps(redactor.redact(value))
     assert CANARY not in redactor.dumps({"args": value})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.text("abc", max_size=8), st.text("xyz é\n😀", max_size=3000), min_size=1, max_size=5
+    ),
+    st.integers(512, 8192),
+)
+def test_long_strings_are_cut_before_any_field_is_lost(record: dict[str, str], bound: int) -> None:
+    """A record of long, partly non-ASCII strings fits by cutting strings alone: no field lost."""
+    out = json.loads(Redactor(max_record_bytes=bound, max_value_chars=10_000).dumps(record))
+    assert set(out) - {"_truncated"} == set(record)
+    for key, text in record.items():
+        assert text.startswith(MARKER_RE.split(out[key])[0])

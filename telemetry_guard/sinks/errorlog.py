@@ -65,9 +65,11 @@ class ErrorLogSink(Sink):
     def on_failure(self, event: FailureEvent) -> None:
         if self._pid != os.getpid():
             self._start_process()
-        entries = [(self.errors_key, {"record": self.redactor.dumps(event.as_record())})]
+        # The event's fields are already redacted: only bound the record's size here.
+        record = json.dumps(self.redactor.bound_record(event.as_record()))
+        entries = [(self.errors_key, {"record": record})]
         if not event.retried and event.replay is not None:
-            entries.append((self.dead_key, {"record": entries[0][1]["record"],
+            entries.append((self.dead_key, {"record": record,
                                             "replay": _dumps_replay(event.replay)}))
         with self._cond:
             for entry in entries:

@@ -152,6 +152,8 @@ class ExporterFailureHandler(logging.Handler):
             for old in [h for h in log.handlers if isinstance(h, cls)]:
                 log.removeHandler(old)
             log.addHandler(handler)
+            if log.getEffectiveLevel() > logging.ERROR:
+                log.setLevel(logging.ERROR)  # else the SDK's report never reaches the handler
         return handler
 
     def uninstall(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import redis
@@ -34,3 +35,33 @@ def hang(self: GuardedTask, key: str) -> None:
     """Publishes its pid, then sleeps long enough to be killed."""
     redis.Redis.from_url(BROKER).set(key, os.getpid())
     time.sleep(60)
+
+
+@app.task(bind=True, base=GuardedTask, name="prefork.soft_limit", soft_time_limit=0.5,
+          time_limit=10)
+def soft_limit(self: GuardedTask) -> None:
+    """Runs past its soft time limit."""
+    time.sleep(5)
+
+
+@app.task(bind=True, base=GuardedTask, name="prefork.hard_limit", time_limit=1)
+def hard_limit(self: GuardedTask) -> None:
+    """Runs past its hard time limit: the main process kills the child."""
+    time.sleep(30)
+
+
+class LockedConnectionError(ConnectionError):
+    """A retryable error that cannot be pickled (it holds a lock)."""
+
+    def __init__(self) -> None:
+        super().__init__("connection pool locked")
+        self.lock = threading.Lock()
+
+
+@app.task(bind=True, base=GuardedTask, name="prefork.unpicklable",
+          retry_policy=RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05))
+def unpicklable(self: GuardedTask) -> str:
+    """Fails twice with an unpicklable retryable error, then succeeds."""
+    if self.request.retries < 2:
+        raise LockedConnectionError()
+    return "recovered"

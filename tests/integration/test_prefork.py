@@ -132,3 +132,36 @@ def test_child_killed_mid_task_is_one_high_worker_lost_failure(
     samples = scrape(prefork.port)
     assert value(samples, "telemetry_guard_task_giveups_total", task="prefork.hang",
                  exception="WorkerLostError", severity="high") == 1
+
+
+def test_time_limits_are_high_failures_reported_by_child_and_main_process(
+        prefork: PreforkWorker, producer: Celery) -> None:
+    """A soft time limit (seen in the child) and a hard one (seen by the main process) are HIGH."""
+    soft = producer.send_task("prefork.soft_limit")
+    hard = producer.send_task("prefork.hard_limit")
+    with pytest.raises(Exception) as soft_raised:
+        soft.get(timeout=30)
+    with pytest.raises(Exception) as hard_raised:
+        hard.get(timeout=30)
+    assert type(soft_raised.value).__name__ == "SoftTimeLimitExceeded"
+    assert type(hard_raised.value).__name__ == "TimeLimitExceeded"
+
+    def counted() -> tuple[float, float]:
+        samples = scrape(prefork.port)
+        return (
+            value(samples, "telemetry_guard_task_giveups_total", task="prefork.soft_limit",
+                  exception="SoftTimeLimitExceeded", severity="high"),
+            value(samples, "telemetry_guard_task_giveups_total", task="prefork.hard_limit",
+                  exception="TimeLimitExceeded", severity="high"),
+        )
+
+    wait_for(lambda: counted() == (1, 1), timeout=10)
+
+
+def test_retry_with_an_unpicklable_exception_does_not_crash_loop_the_worker(
+        prefork: PreforkWorker, producer: Celery) -> None:
+    """An unpicklable retryable exception is retried through a picklable stand-in."""
+    assert producer.send_task("prefork.unpicklable").get(timeout=30) == "recovered"
+    wait_for(lambda: value(scrape(prefork.port), "telemetry_guard_task_retries_total",
+                           task="prefork.unpicklable",
+                           exception="LockedConnectionError") == 2, timeout=10)

@@ -1,0 +1,1 @@
+"""One Celery app module per benchmark variant; workers load them with ``celery -A``."""

@@ -1,0 +1,148 @@
+"""Microseconds per call of GuardedTask's code paths, in-process, no broker in the loop.
+
+Sets up the `guarded` benchmark app exactly as its worker does (every sink on, error log on a
+private Redis), pushes a worker-like request and times, in loops: the task call as Celery's
+tracer makes it (success and failure), against a plain task's ``run``, and each step of the
+guarded paths. Medians of 5 loops. Explains `throughput.py`'s gap; not a throughput number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(ROOT))
+
+from billiard.einfo import ExceptionInfo  # noqa: E402
+from opentelemetry import context as otel_context  # noqa: E402
+from opentelemetry import trace  # noqa: E402
+
+from benchmarks._redis import start_redis  # noqa: E402
+
+
+def per_call(fn: Callable[[], Any], loops: int) -> float:
+    """Median over 5 loops of the microseconds one ``fn()`` takes."""
+    samples = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        samples.append((time.perf_counter() - started) / loops * 1e6)
+    return statistics.median(samples)
+
+
+def raised(fn: Callable[[], Any]) -> BaseException:
+    try:
+        fn()
+    except Exception as exc:
+        return exc
+    raise AssertionError("expected an exception")
+
+
+def swallow(fn: Callable[[], Any]) -> Callable[[], None]:
+    def call() -> None:
+        try:
+            fn()
+        except ValueError:
+            pass
+    return call
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loops", type=int, default=4000, help="calls per timed loop (4000)")
+    n = parser.parse_args(argv).loops
+    server = start_redis()
+    logdir = tempfile.mkdtemp(prefix="tg-callpath-")
+    os.environ.update(BENCH_BROKER_URL=server.url(0), BENCH_ERRORLOG_URL=server.url(1),
+                      BENCH_LOG_DIR=logdir)
+    try:
+        from benchmarks.apps import bare, guarded
+        from telemetry_guard.sinks.tracing import TRACER_NAME, TaskSpan
+        from telemetry_guard.task import build_failure_event, format_traceback
+
+        guarded.set_up_telemetry()
+        guard = guarded.app._telemetry_guard
+        task = guarded.noop
+        request = dict(id=str(uuid.uuid4()), retries=0, called_directly=False,
+                       hostname="celery@bench",
+                       delivery_info={"routing_key": "bench", "exchange": "", "priority": 0})
+        task.push_request(**request)
+        bare.noop.push_request(**request)
+        req = task.request
+        rows: list[tuple[str, float]] = []
+
+        def row(label: str, fn: Callable[[], Any], loops: int = n) -> None:
+            rows.append((label, per_call(fn, loops)))
+            print(f"{rows[-1][1]:9.1f} µs  {label}", flush=True)
+
+        print("-- success path (what Celery's tracer calls per task)")
+        row("bare: task.run(i, 0)", lambda: bare.noop.run(1, 0))
+        row("guarded: task(i, 0)  [GuardedTask.__call__]", lambda: task(1, 0))
+        row("  trace.get_tracer(TRACER_NAME)  [tracing.py:61, per task]",
+            lambda: trace.get_tracer(TRACER_NAME))
+        row("  TaskSpan(...) + end()  [guard.start_span]",
+            lambda: TaskSpan(task.name, req.id, 0, req).end())
+        tracer = trace.get_tracer(TRACER_NAME)
+
+        def span_cached_tracer() -> None:
+            span = tracer.start_span("run/bench.noop", kind=trace.SpanKind.CONSUMER)
+            token = otel_context.attach(trace.set_span_in_context(span))
+            span.set_attribute("celery.task_name", task.name)
+            span.set_attribute("celery.task_id", req.id)
+            span.set_attribute("celery.retries", 0)
+            span.end()
+            otel_context.detach(token)
+
+        row("  (same span with a tracer fetched once, for comparison)", span_cached_tracer)
+        row("  guard.runtime(name, 'success').observe(x)",
+            lambda: guard.runtime(task.name, "success").observe(0.001))
+
+        print("-- failure path (ValueError, given up: not retryable)")
+        n_fail = max(n // 4, 200)
+        row("bare: task.run(4, 5) raising", swallow(lambda: bare.noop.run(4, 5)), n_fail)
+        row("guarded: task(4, 5) raising", swallow(lambda: task(4, 5)), n_fail)
+        guard.flush()
+        exc = raised(lambda: task(4, 5))
+        guard.flush()
+        event = build_failure_event(guard, task, exc, args=(4, 5), kwargs={}, request=req,
+                                    decision="give_up", reason="not_retryable",
+                                    max_retries=3)
+        row("  build_failure_event(...)  [task.py:92]",
+            lambda: build_failure_event(guard, task, exc, args=(4, 5), kwargs={}, request=req,
+                                        decision="give_up", reason="not_retryable",
+                                        max_retries=3), n_fail)
+        row("    format_traceback(exc)  [task.py:145]", lambda: format_traceback(exc), n_fail)
+        row("    redactor.redact_text(traceback)",
+            lambda: guard.traceback_redactor.redact_text(event.traceback), n_fail)
+        for sink in guard.dispatcher.sinks:
+            row(f"  {type(sink).__name__}.on_failure(event)",
+                lambda sink=sink: sink.on_failure(event), n_fail)
+            guard.flush()
+        row("  guard.record(event)  [all sinks, dispatch.py:34]",
+            lambda: guard.record(event), n_fail)
+        guard.flush()
+        print("-- Celery's own failure handling, on the exception each variant raises")
+        bare_exc = raised(lambda: bare.noop.run(4, 5))
+        row("  billiard ExceptionInfo(bare exception)",
+            lambda: ExceptionInfo((type(bare_exc), bare_exc, bare_exc.__traceback__)), n_fail)
+        row("  billiard ExceptionInfo(guarded exception)",
+            lambda: ExceptionInfo((type(exc), exc, exc.__traceback__)), n_fail)
+        guard.close()
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
