@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .classify import Classifier, Severity, classify
 from .events import BreakerChange, FailureEvent
-from .exceptions import CircuitOpenError, UnpicklableTaskError
+from .exceptions import CircuitOpenError, TaskMemoryError, UnpicklableTaskError
 from .guard import TelemetryGuard
 from .policy import RetryPolicy
 from .sinks.logging import configure_logging
@@ -18,6 +18,7 @@ __all__ = [
     "GuardedTask",
     "RetryPolicy",
     "Severity",
+    "TaskMemoryError",
     "TelemetryGuard",
     "UnpicklableTaskError",
     "classify",

@@ -39,6 +39,8 @@ class FailureEvent:
     trace_id: str | None = None
     span_id: str | None = None
     timestamp: float = 0.0
+    #: Notification channels this failure is routed to (``sentry``, ``email``).
+    channels: frozenset[str] = frozenset()
     exception: BaseException | None = field(default=None, compare=False, repr=False)
     #: The original message (task, id, args, kwargs, options), unredacted, for the
     #: dead-letter stream only; never logged or sent anywhere else.
@@ -78,6 +80,7 @@ class FailureEvent:
             "trace_id": self.trace_id,
             "span_id": self.span_id,
             "timestamp": self.timestamp,
+            "channels": sorted(self.channels),
         }
 
 

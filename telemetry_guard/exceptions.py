@@ -2,6 +2,7 @@
 
     Exception
     ├── CircuitOpenError      a breaker refused the call
+    ├── TaskMemoryError       stands in for a MemoryError after which the pool child is recycled
     └── UnpicklableTaskError  stands in for a task's exception that cannot cross a process
 """
 
@@ -35,3 +36,11 @@ class UnpicklableTaskError(Exception):
 
     def __reduce__(self) -> tuple[type[UnpicklableTaskError], tuple[str, str, str]]:
         return (type(self), (self.type_name, self.message, self.traceback_text))
+
+
+class TaskMemoryError(Exception):
+    """A task ran out of memory and its prefork child is being recycled.
+
+    Stands in for the ``MemoryError`` itself, which Celery's main process would
+    re-raise and stop on.
+    """

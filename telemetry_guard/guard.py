@@ -8,17 +8,22 @@ from typing import Any
 
 import structlog
 
+from .callbacks import ErrorCallback, ErrorCallbacks
 from .classify import Classifier, Severity
 from .config import Settings
 from .dispatch import Dispatcher
 from .events import FailureEvent
+from .notify import register_notify_task
 from .policy import RetryPolicy, cap_below_horizon
 from .redact import Redactor
+from .routing import Router
 from .signals import GuardSignals
 from .sinks.base import Sink
+from .sinks.email import EmailSink
 from .sinks.errorlog import ErrorLogSink
 from .sinks.logging import LogSink
 from .sinks.metrics import MetricsSink, get_metrics
+from .sinks.sentry import SentrySink
 from .sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink
 
 #: How many recorded task ids a process remembers, to never report one failure twice.
@@ -48,6 +53,8 @@ class TelemetryGuard:
         self.settings = Settings.from_app(app, settings)
         self.log = structlog.get_logger("telemetry_guard")
         self.classifier = Classifier()
+        self.router = Router(self.settings.routes)
+        self.error_callbacks = ErrorCallbacks()
         self.retry_policies: dict[str, RetryPolicy] = {}
         s = self.settings
         self.redactor = Redactor(key_pattern=s.redact_keys, max_value_chars=s.max_value_chars,
@@ -56,6 +63,7 @@ class TelemetryGuard:
             key_pattern=s.redact_keys, max_value_chars=s.max_value_chars * TRACEBACK_SIZE_FACTOR,
             max_record_bytes=s.max_record_bytes)
         self.metrics = get_metrics()
+        self.notify_task: Any = None
         self.metrics_sink = MetricsSink(self.metrics, max_label_values=s.max_label_values)
         self.dispatcher = Dispatcher([], telemetry_errors=self.metrics.telemetry_errors)
         self.dispatcher.sinks = tuple(self._build_sinks())
@@ -75,6 +83,11 @@ class TelemetryGuard:
         sinks: list[Sink] = [LogSink(), self.metrics_sink]
         if s.tracing:
             sinks.append(TracingSink())
+        if SentrySink.wanted(s.sentry_dsn):
+            sinks.append(SentrySink(self))
+        if s.email:
+            self.notify_task = register_notify_task(self)
+            sinks.append(EmailSink(self))
         if s.redis_url:
             sinks.append(ErrorLogSink(
                 s.redis_url, key_prefix=s.key_prefix, maxlen=s.error_log_maxlen,
@@ -144,6 +157,16 @@ class TelemetryGuard:
                 if len(self._recorded) > RECORDED_IDS:
                     self._recorded.popitem(last=False)
         self.dispatcher.failure(event)
+        if event.exception is not None:
+            self.error_callbacks.run(event.exception, event, self.report_error)
+
+    def on_error(self, exc_type: type[BaseException], callback: ErrorCallback) -> None:
+        """Run ``callback(exc, event)`` in the worker after failures of ``exc_type``.
+
+        Resolved along the exception's MRO (the nearest registered class wins);
+        each callback fails open.
+        """
+        self.error_callbacks.register(exc_type, callback)
 
     def was_recorded(self, task_id: str | None) -> bool:
         """Whether this process already reported a failure of ``task_id``."""

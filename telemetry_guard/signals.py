@@ -8,7 +8,7 @@ from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
 
-from . import exposition
+from . import callbacks, exposition
 from .sinks.tracing import inject_headers
 from .task import GuardedTask, build_failure_event
 
@@ -106,6 +106,7 @@ class GuardSignals:
     def on_worker_process_init(self, **_: Any) -> None:
         """Prefork child, after fork: re-create per-process sink state."""
         self._metrics_server = None  # the parent's server thread does not exist here
+        callbacks.mark_pool_child()
         self.guard.dispatcher.after_fork()
 
     def on_worker_process_shutdown(self, **_: Any) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
+from .callbacks import outcome_for
 from .classify import Severity, escalate
 from .events import Decision, FailureEvent
 from .exceptions import UnpicklableTaskError
@@ -86,6 +87,9 @@ class GuardedTask(Task):  # type: ignore[misc]
             raise self.retry(exc=transportable(exc, event.traceback), countdown=delay,
                              max_retries=policy.max_retries)
         guard.runtime(self.name, "failure").observe(elapsed)
+        replacement = outcome_for(exc)
+        if replacement is not exc:
+            raise replacement from None
         raise exc
 
 
@@ -100,6 +104,7 @@ def build_failure_event(
     if reason == "max_retries_exceeded":
         severity = escalate(severity, Severity.HIGH)
     throws = getattr(task, "throws", ()) or ()
+    expected = bool(throws) and isinstance(exc, throws)
     redactor = guard.redactor
     trace_id, span_id = current_ids()
     delivery_info = getattr(request, "delivery_info", None) or {}
@@ -128,7 +133,7 @@ def build_failure_event(
         decision=decision,
         delay_s=delay,
         reason=reason,
-        expected=bool(throws) and isinstance(exc, throws),
+        expected=expected,
         args=redactor.redact(args),
         kwargs=redactor.redact(kwargs),
         queue=delivery_info.get("routing_key"),
@@ -137,6 +142,8 @@ def build_failure_event(
         trace_id=trace_id,
         span_id=span_id,
         timestamp=time.time(),
+        channels=guard.router.channels_for(
+            severity, expected=expected, task_routes=getattr(task, "routes", None)),
         exception=exc,
         replay=replay,
     )

@@ -8,6 +8,7 @@ the dead-letter stream with the original arguments, for replay.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import json
 import os
@@ -29,12 +30,16 @@ ERRORS_STREAM = "errors"
 DEAD_STREAM = "dead"
 BATCH_SIZE = 500
 MAX_BACKOFF = 5.0
+#: Seconds an exiting process waits for buffered records to reach Redis.
+EXIT_FLUSH_TIMEOUT = 2.0
 
 
 class ErrorLogSink(Sink):
     """One JSON record per failure in ``<prefix>errors``; give-ups also in ``<prefix>dead``."""
 
     name = "errorlog"
+
+    _atexit_registered = False
 
     def __init__(
         self, redis_url: str, *, key_prefix: str = "telemetry_guard:", maxlen: int = 10_000,
@@ -88,6 +93,9 @@ class ErrorLogSink(Sink):
             self._thread = threading.Thread(
                 target=self._run, name="telemetry_guard-errorlog", daemon=True)
             self._thread.start()
+        if not self._atexit_registered:
+            self._atexit_registered = True
+            atexit.register(self.flush, EXIT_FLUSH_TIMEOUT)
 
     # -- consumer side (the background thread) -----------------------------------------
     def _run(self) -> None:

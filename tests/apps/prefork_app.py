@@ -10,6 +10,7 @@ import redis
 from celery import Celery
 
 from telemetry_guard import GuardedTask, RetryPolicy, TelemetryGuard
+from telemetry_guard.callbacks import recycle_on_memory_error
 
 BROKER = os.environ["TG_TEST_BROKER"]
 
@@ -65,3 +66,18 @@ def unpicklable(self: GuardedTask) -> str:
     if self.request.retries < 2:
         raise LockedConnectionError()
     return "recovered"
+
+
+guard.on_error(MemoryError, recycle_on_memory_error)
+
+
+@app.task(bind=True, base=GuardedTask, name="prefork.out_of_memory")
+def out_of_memory(self: GuardedTask) -> int:
+    """Fails with MemoryError; the error callback recycles this child."""
+    raise MemoryError("cannot allocate order batch")
+
+
+@app.task(name="prefork.pid")
+def pid() -> int:
+    """The pid of the pool child that ran it."""
+    return os.getpid()

@@ -223,3 +223,22 @@ def test_severity_task_option_overrides_the_classifier(celery_app: Celery) -> No
     with capture_events() as events:
         critical.apply()
     assert [(e.severity, e.decision) for e in events] == [(Severity.CRITICAL, "give_up")]
+
+
+def test_expected_errors_from_throws_are_counted_and_marked_expected(celery_app: Celery) -> None:
+    """An exception listed in the task's throws is still a failure, marked expected."""
+    from telemetry_guard.testing import capture_events
+
+    TelemetryGuard(celery_app, redis_url=None)
+
+    @celery_app.task(bind=True, base=GuardedTask, name="t.expected", throws=(KeyError,))
+    def expected(self: Any) -> None:
+        raise KeyError("no such coupon")
+
+    before = sample("telemetry_guard_task_failures_total", task="t.expected",
+                    exception="KeyError", severity="low")
+    with capture_events() as events:
+        expected.apply()
+    assert [(e.expected, e.decision) for e in events] == [(True, "give_up")]
+    assert sample("telemetry_guard_task_failures_total", task="t.expected",
+                  exception="KeyError", severity="low") - before == 1

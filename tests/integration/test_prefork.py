@@ -16,6 +16,7 @@ import redis
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
+from telemetry_guard import TaskMemoryError
 from tests.servers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,3 +166,21 @@ def test_retry_with_an_unpicklable_exception_does_not_crash_loop_the_worker(
     wait_for(lambda: value(scrape(prefork.port), "telemetry_guard_task_retries_total",
                            task="prefork.unpicklable",
                            exception="LockedConnectionError") == 2, timeout=10)
+
+
+def test_memory_error_callback_recycles_the_pool_child(
+        prefork: PreforkWorker, producer: Celery) -> None:
+    """recycle_on_memory_error: the child that hit MemoryError exits and the pool replaces it."""
+    before = children(prefork.proc.pid)
+    assert len(before) == 2
+    with pytest.raises(TaskMemoryError):
+        producer.send_task("prefork.out_of_memory").get(timeout=30)
+
+    def replaced() -> bool:
+        now = children(prefork.proc.pid)
+        return len(now) == 2 and len(now - before) == 1
+
+    wait_for(replaced, timeout=15)
+    assert value(scrape(prefork.port), "telemetry_guard_task_failures_total",
+                 task="prefork.out_of_memory", exception="MemoryError", severity="critical") == 1
+    assert producer.send_task("prefork.pid").get(timeout=30) in children(prefork.proc.pid)
