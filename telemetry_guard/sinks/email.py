@@ -1,10 +1,95 @@
-"""E-mail: enqueue the notification task for failures routed to ``email`` (being built)."""
+"""E-mail: enqueue ``telemetry_guard.notify`` for failures routed to the ``email`` channel.
+
+The failing task only publishes a small JSON-safe payload through the app's producer
+pool; throttling, SMTP and retries happen in the notification task, on a worker.
+
+Message priority is chosen per broker transport (see :func:`notification_priority`):
+
+- Redis (``redis``, ``rediss``, ``sentinel``): priority ``0``, which kombu's Redis
+  transport serves first (lower is higher; messages go to one list per priority step).
+  A worker that consumes several queues should list the notification queue first and
+  set ``broker_transport_options={"queue_order_strategy": "priority"}``, or run a
+  dedicated worker: ``celery -A proj worker -Q telemetry_guard.notifications``.
+- RabbitMQ (``amqp``, ``amqps``, ``pyamqp``): priority ``9`` on a queue declared with
+  ``x-max-priority`` (higher is higher). Declare it the same way on the worker side:
+  ``task_queues=[notification_queue("telemetry_guard.notifications", broker_url), ...]``.
+- Other transports: no priority (they ignore it); the separate queue still keeps
+  notifications out of the backlog when a worker consumes it.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from typing import Any
 
+from kombu import Exchange, Queue
+
+from ..events import FailureEvent
 from .base import Sink
+
+CHANNEL = "email"
+#: Highest priority on kombu's Redis transport (lower numbers are served first).
+REDIS_PRIORITY = 0
+#: Priority of notifications on RabbitMQ (higher numbers are served first).
+AMQP_PRIORITY = 9
+#: ``x-max-priority`` of the notification queue on RabbitMQ.
+AMQP_MAX_PRIORITY = 10
+REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel", "redis+socket"})
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "librabbitmq"})
+#: Publishing must not hold the failing task long: one quick retry on a stale connection.
+PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.0, "interval_step": 0.2,
+                        "interval_max": 0.2}
+
+
+def broker_scheme(broker_url: Any) -> str:
+    """The transport name of a broker URL (``amqp`` when none is set, as in Celery)."""
+    if isinstance(broker_url, (list, tuple)):
+        broker_url = broker_url[0] if broker_url else None
+    if not broker_url:
+        return "amqp"
+    return str(broker_url).split(";", 1)[0].split("://", 1)[0].lower()
+
+
+def notification_priority(broker_url: Any) -> int | None:
+    """The highest message priority on this broker's transport; None when it has none."""
+    scheme = broker_scheme(broker_url)
+    if scheme in REDIS_SCHEMES:
+        return REDIS_PRIORITY
+    if scheme in AMQP_SCHEMES:
+        return AMQP_PRIORITY
+    return None
+
+
+def notification_queue(name: str, broker_url: Any) -> Queue:
+    """The notification queue as kombu declares it (``x-max-priority`` on RabbitMQ).
+
+    Put it in ``app.conf.task_queues`` on RabbitMQ so that producer and worker declare
+    the queue with the same arguments.
+    """
+    arguments = ({"x-max-priority": AMQP_MAX_PRIORITY}
+                 if broker_scheme(broker_url) in AMQP_SCHEMES else None)
+    return Queue(name, Exchange(name, type="direct"), routing_key=name,
+                 queue_arguments=arguments)
+
+
+def build_payload(event: FailureEvent) -> dict[str, Any]:
+    """The notification task's argument: small, JSON-safe, from already redacted fields."""
+    timestamp = event.timestamp or time.time()
+    return {
+        "task_name": event.task_name,
+        "task_id": event.task_id,
+        "exception_type": event.exception_type,
+        "message": event.message,
+        "severity": event.severity.label,
+        "time": dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(
+            timespec="milliseconds"),
+        "attempt": event.attempt,
+        "hostname": event.hostname,
+        "trace_id": event.trace_id,
+        "traceback": event.traceback,
+        "fingerprint": list(event.fingerprint),
+    }
 
 
 class EmailSink(Sink):
@@ -14,3 +99,30 @@ class EmailSink(Sink):
 
     def __init__(self, guard: Any) -> None:
         self.guard = guard
+        if getattr(guard, "notify_task", None) is None:
+            from ..notify import register_notify_task
+
+            guard.notify_task = register_notify_task(guard)
+        self.task = guard.notify_task
+        self.queue_name: str = guard.settings.notification_queue
+        conf = guard.app.conf
+        self.broker_url = conf.broker_write_url or conf.broker_url
+        self.priority = notification_priority(self.broker_url)
+        self._queue: str | Queue | None = None
+
+    def _destination(self) -> str | Queue:
+        """The queue name, or on RabbitMQ a priority queue unless the app declares its own."""
+        if self._queue is None:
+            queue: str | Queue = self.queue_name
+            if (broker_scheme(self.broker_url) in AMQP_SCHEMES
+                    and self.queue_name not in self.guard.app.amqp.queues):
+                queue = notification_queue(self.queue_name, self.broker_url)
+            self._queue = queue
+        return self._queue
+
+    def on_failure(self, event: FailureEvent) -> None:
+        if CHANNEL not in event.channels:
+            return
+        self.task.apply_async(
+            args=(build_payload(event),), queue=self._destination(), priority=self.priority,
+            retry=True, retry_policy=PUBLISH_RETRY_POLICY)

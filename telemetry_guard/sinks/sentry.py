@@ -1,21 +1,324 @@
-"""Sentry: one event per failure routed to the ``sentry`` channel (being built)."""
+"""Sentry: one event per failure routed to the ``sentry`` channel.
+
+Sentry is on when ``telemetry_guard_sentry_dsn`` is set: the sink initialises sentry-sdk
+(``send_default_pii=False``, the SDK's default integrations, a ``before_send`` that redacts
+every event). It is also on when the application initialised sentry-sdk itself: its client,
+options and ``before_send`` are kept, and our redaction runs as a global event processor
+instead. When both, the application's client wins and the setting is ignored (a
+``sentry.dsn_ignored`` warning). Neither: Sentry is off and this sink is not built.
+
+How it lives with sentry-sdk's ``CeleryIntegration`` (enabled by the application, or
+auto-enabled by ``sentry_sdk.init``): the integration wraps every task call and captures the
+exception a task raises (mechanism ``celery``); the ``LoggingIntegration`` may capture the same
+exception from a log record (mechanism ``logging``). This sink marks the exception of every
+GuardedTask failure it sees, routed to Sentry or not, before the task re-raises it, and a
+global event processor drops events of those two mechanisms whose ``hint["exc_info"]`` holds
+a marked exception. A failure is therefore reported once, by this sink, with our tags,
+fingerprint, level and redaction; a failure routed elsewhere (LOW, MEDIUM, the task's
+``throws``) is not reported at all. Tasks that are not GuardedTasks are left to the
+integration. ``Retry``, ``Ignore`` and ``Reject`` never reach the sink, and the integration
+skips them as well. Our own ``telemetry_guard`` logger is ignored by the LoggingIntegration,
+so ``task.gave_up`` log lines never become Sentry events behind the router's back.
+
+Sending is the SDK's: ``capture_event`` queues the envelope for its transport thread, so the
+failing task never waits on Sentry, and Sentry being down never changes a task's outcome.
+Outcomes counted: ``sent`` (the SDK accepted the event), ``throttled`` (the SDK declined it:
+sampling, ``ignore_errors``, a filter), ``failed`` (capturing raised; re-raised so that the
+dispatcher also counts ``telemetry_errors_total{sink="sentry"}``).
+"""
 
 from __future__ import annotations
 
+import collections
+import threading
+from collections.abc import Callable
 from typing import Any
 
+import sentry_sdk
+from sentry_sdk.integrations.logging import ignore_logger
+from sentry_sdk.scope import add_global_event_processor
+from sentry_sdk.utils import AnnotatedValue, event_from_exception
+
+from ..classify import Severity
+from ..events import FailureEvent
+from ..redact import Redactor
 from .base import Sink
+
+CHANNEL = "sentry"
+#: Sentry level of each severity (LOW and MEDIUM reach Sentry only through ``routes``).
+LEVELS = {Severity.LOW: "info", Severity.MEDIUM: "warning", Severity.HIGH: "error",
+          Severity.CRITICAL: "fatal"}
+#: The ``mechanism.type`` of our events.
+MECHANISM = "telemetry_guard"
+#: Mechanisms of the SDK integrations that capture a task's exception on their own.
+DUPLICATE_MECHANISMS = frozenset({"celery", "logging"})
+#: Attribute set on an exception this process reported (or chose not to report).
+REPORTED_ATTR = "__telemetry_guard_reported__"
+#: Exceptions that refuse attributes are remembered by id; this many at most.
+FALLBACK_MARKS = 64
+_HINT_KEY = "telemetry_guard"
+_LOGGER_NAMES = ("telemetry_guard", "telemetry_guard.*")
+
+Event = dict[str, Any]
+ErrorReporter = Callable[[str, BaseException], None]
+
+
+class _ProcessHooks:
+    """The process-wide part: one global event processor, installed once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.installed = False
+        #: The client a SentrySink initialised (its ``before_send`` redacts), if any.
+        self.owned_client: Any = None
+        #: Redacts events that are not ours when the application owns the client.
+        self.redactor: Redactor | None = None
+        self.report_error: ErrorReporter | None = None
+        self.marks: collections.OrderedDict[int, BaseException] = collections.OrderedDict()
+
+    def install(self) -> None:
+        with self.lock:
+            if not self.installed:
+                add_global_event_processor(_process_event)
+                for name in _LOGGER_NAMES:
+                    ignore_logger(name)
+                self.installed = True
+
+
+_hooks = _ProcessHooks()
+
+
+def mark_reported(exc: BaseException) -> None:
+    """Remember that telemetry_guard handled ``exc``, so integrations do not report it again."""
+    try:
+        object.__setattr__(exc, REPORTED_ATTR, True)
+    except Exception:
+        with _hooks.lock:
+            _hooks.marks[id(exc)] = exc
+            if len(_hooks.marks) > FALLBACK_MARKS:
+                _hooks.marks.popitem(last=False)
+
+
+def was_reported(exc: object) -> bool:
+    """Whether telemetry_guard handled ``exc`` in this process."""
+    try:
+        if getattr(exc, REPORTED_ATTR, False) is True:
+            return True
+    except Exception:
+        pass
+    return _hooks.marks.get(id(exc)) is exc
+
+
+def redact_event(event: Event, redactor: Redactor) -> Event:
+    """Redact a Sentry event in place: exception values and frames, breadcrumbs, message,
+    extra, contexts (but ``trace``) and request data. May raise on a malformed event."""
+    text = redactor.redact_text
+    for key in ("exception", "threads"):
+        for value in _values(event.get(key)):
+            if isinstance(value.get("value"), str):
+                value["value"] = text(value["value"])
+            _redact_frames(value.get("stacktrace"), redactor)
+    _redact_frames(event.get("stacktrace"), redactor)
+    for crumb in _values(event.get("breadcrumbs")):
+        if isinstance(crumb.get("message"), str):
+            crumb["message"] = text(crumb["message"])
+        if crumb.get("data"):
+            crumb["data"] = _redact_value(crumb["data"], redactor)
+    if isinstance(event.get("message"), str):
+        event["message"] = text(event["message"])
+    logentry = event.get("logentry")
+    if isinstance(logentry, dict):
+        for key in ("message", "formatted"):
+            if isinstance(logentry.get(key), str):
+                logentry[key] = text(logentry[key])
+        if logentry.get("params"):
+            logentry["params"] = redactor.redact(logentry["params"])
+    if event.get("extra"):
+        event["extra"] = _redact_value(event["extra"], redactor)
+    contexts = event.get("contexts")
+    if isinstance(contexts, dict):
+        for name, context in contexts.items():
+            if name != "trace":
+                contexts[name] = _redact_value(context, redactor)
+    request = event.get("request")
+    if isinstance(request, dict):
+        for key, value in request.items():
+            request[key] = _redact_value(value, redactor)
+    return event
+
+
+def _values(container: Any) -> list[dict[str, Any]]:
+    values = container.get("values") if isinstance(container, dict) else None
+    return [v for v in values if isinstance(v, dict)] if isinstance(values, list) else []
+
+
+def _redact_frames(stacktrace: Any, redactor: Redactor) -> None:
+    frames = stacktrace.get("frames") if isinstance(stacktrace, dict) else None
+    for frame in frames if isinstance(frames, list) else ():
+        if not isinstance(frame, dict):
+            continue
+        if frame.get("vars"):
+            frame["vars"] = _redact_value(frame["vars"], redactor)
+        if isinstance(frame.get("context_line"), str):
+            frame["context_line"] = redactor.redact_text(frame["context_line"])
+        for key in ("pre_context", "post_context"):
+            lines = frame.get(key)
+            if isinstance(lines, list):
+                frame[key] = [redactor.redact_text(line) for line in lines]
+
+
+def _redact_value(value: Any, redactor: Redactor) -> Any:
+    """``redactor.redact``, keeping the SDK's AnnotatedValue wrapper (events before serialising)."""
+    if isinstance(value, AnnotatedValue):
+        return AnnotatedValue(redactor.redact(value.value), value.metadata)
+    return redactor.redact(value)
+
+
+def _redacted(event: Event, redactor: Redactor, report_error: ErrorReporter | None) -> Event | None:
+    """The redacted event, or None (dropped: never sent unredacted) when redaction fails."""
+    try:
+        return redact_event(event, redactor)
+    except Exception as exc:
+        if report_error is not None:
+            report_error(CHANNEL, exc)
+        return None
+
+
+def _mechanism_types(event: Event) -> set[str]:
+    types = set()
+    for value in _values(event.get("exception")):
+        mechanism = value.get("mechanism")
+        if isinstance(mechanism, dict) and isinstance(mechanism.get("type"), str):
+            types.add(mechanism["type"])
+    return types
+
+
+def _process_event(event: Event, hint: dict[str, Any] | None) -> Event | None:
+    """Global event processor: drop integrations' duplicates of our failures; redact the
+    application's events when the application owns the client (ours are redacted by their
+    own scope processor)."""
+    hint = hint or {}
+    if hint.get(_HINT_KEY) or event.get("type") in ("transaction", "check_in"):
+        return event
+    exc_info = hint.get("exc_info")
+    exc = exc_info[1] if isinstance(exc_info, tuple) and len(exc_info) == 3 else None
+    if exc is not None and was_reported(exc) and _mechanism_types(event) & DUPLICATE_MECHANISMS:
+        return None
+    redactor = _hooks.redactor
+    if redactor is None or sentry_sdk.get_client() is _hooks.owned_client:
+        return event  # the client's before_send redacts
+    return _redacted(event, redactor, _hooks.report_error)
+
+
+def _application_client() -> Any:
+    """The active sentry-sdk client the application initialised, or None."""
+    client = sentry_sdk.get_client()
+    if (client.is_active() and getattr(client, "transport", None) is not None
+            and client is not _hooks.owned_client):
+        return client
+    return None
 
 
 class SentrySink(Sink):
-    """Reports routed failures to Sentry."""
+    """Reports routed failures to Sentry: tags, fingerprint, level, a ``celery`` context."""
 
-    name = "sentry"
+    name = CHANNEL
 
     def __init__(self, guard: Any) -> None:
         self.guard = guard
+        self.redactor: Redactor = guard.redactor
+        self._client: Any = None
+        dsn = guard.settings.sentry_dsn
+        app_client = _application_client()
+        if dsn and app_client is None:
+            redactor, report_error = self.redactor, guard.report_error
+
+            def before_send(event: Event, hint: dict[str, Any]) -> Event | None:
+                return _redacted(event, redactor, report_error)
+
+            sentry_sdk.init(dsn=dsn, send_default_pii=False, before_send=before_send)
+            self._client = _hooks.owned_client = sentry_sdk.get_client()
+        elif dsn and str(getattr(app_client, "dsn", None) or "") != dsn:
+            guard.log.warning("sentry.dsn_ignored", channel=CHANNEL,
+                              reason="sentry-sdk already initialised by the application")
+        _hooks.redactor = self.redactor
+        _hooks.report_error = guard.report_error
+        _hooks.install()
 
     @staticmethod
     def wanted(dsn: str | None) -> bool:
-        """Whether Sentry reporting is on."""
-        return False
+        """Whether Sentry reporting is on: a DSN is set or the application's client is active."""
+        return bool(dsn) or _application_client() is not None
+
+    def on_failure(self, event: FailureEvent) -> None:
+        if event.exception is not None:
+            mark_reported(event.exception)
+        if CHANNEL not in event.channels:
+            return
+        severity = event.severity.label
+        fields = {"channel": CHANNEL, "task_name": event.task_name, "task_id": event.task_id,
+                  "severity": severity}
+        try:
+            event_id = self._capture(event)
+        except Exception as exc:
+            self.guard.metrics.notifications.labels(CHANNEL, severity, "failed").inc()
+            self.guard.log.warning("notification.failed", error=type(exc).__name__, **fields)
+            raise
+        outcome = "sent" if event_id else "throttled"
+        self.guard.metrics.notifications.labels(CHANNEL, severity, outcome).inc()
+        self.guard.log.info(f"notification.{outcome}", event_id=event_id, **fields)
+
+    def _capture(self, event: FailureEvent) -> str | None:
+        exc = event.exception
+        mechanism = {"type": MECHANISM, "handled": event.retried}
+        hint: dict[str, Any]
+        if exc is not None:
+            payload, hint = event_from_exception(
+                (type(exc), exc, exc.__traceback__),
+                client_options=sentry_sdk.get_client().options, mechanism=mechanism)
+            values = payload["exception"]["values"]
+            if values:
+                values[-1]["value"] = event.message
+        else:
+            payload, hint = {"exception": {"values": [{
+                "type": event.exception_type, "module": event.exception_module,
+                "value": event.message, "mechanism": mechanism}]}}, {}
+        hint[_HINT_KEY] = True
+        level = LEVELS[event.severity]
+        payload["level"] = level
+        payload["fingerprint"] = list(event.fingerprint)
+        redactor, report_error = self.redactor, self.guard.report_error
+        with sentry_sdk.new_scope() as scope:
+            scope.set_level(level)
+            scope.fingerprint = list(event.fingerprint)
+            scope.set_tag("task_name", event.task_name)
+            scope.set_tag("severity", event.severity.label)
+            scope.set_tag("exception_type", event.exception_type)
+            if event.queue:
+                scope.set_tag("queue", event.queue)
+            scope.set_context("celery", {
+                "task_id": event.task_id, "retries": event.attempt - 1,
+                "decision": event.decision, "args": event.args, "kwargs": event.kwargs})
+            if exc is None or exc.__traceback__ is None:
+                scope.set_extra("traceback", event.traceback)
+            # Runs last, after the integrations' processors (CeleryIntegration adds extra).
+            scope.add_event_processor(lambda ev, _hint: _redacted(ev, redactor, report_error))
+            return scope.capture_event(payload, hint=hint)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        sentry_sdk.flush(timeout=timeout)
+
+    def close(self) -> None:
+        """Flush; close the client this sink initialised and turn Sentry off if still current."""
+        if _hooks.redactor is self.redactor:
+            _hooks.redactor = None
+        client, self._client = self._client, None
+        if client is None:
+            sentry_sdk.flush()
+            return
+        current = sentry_sdk.get_client() is client
+        client.close()
+        if current:
+            sentry_sdk.get_global_scope().set_client(None)
+        if _hooks.owned_client is client:
+            _hooks.owned_client = None

@@ -56,17 +56,15 @@ class TaskSpan:
         if current.is_recording() and getattr(current, "name", "") == (
                 INSTRUMENTATION_SPAN_PREFIX + task_name):
             self.span, self._token, self._owned = current, None, False
+            current.set_attributes(_attributes(task_name, task_id, retries))
         else:
-            parent = propagate.extract(request, getter=REQUEST_GETTER)
-            self.span = trace.get_tracer(TRACER_NAME).start_span(
-                INSTRUMENTATION_SPAN_PREFIX + task_name, context=parent, kind=SpanKind.CONSUMER)
+            parent = (propagate.extract(request, getter=REQUEST_GETTER)
+                      if _carries_context(request) else None)
+            self.span = _tracer().start_span(
+                INSTRUMENTATION_SPAN_PREFIX + task_name, context=parent, kind=SpanKind.CONSUMER,
+                attributes=_attributes(task_name, task_id, retries))
             self._token = otel_context.attach(trace.set_span_in_context(self.span, parent))
             self._owned = True
-        if self.span.is_recording():
-            self.span.set_attribute("celery.task_name", task_name)
-            if task_id:
-                self.span.set_attribute("celery.task_id", task_id)
-            self.span.set_attribute("celery.retries", retries)
 
     def end(self) -> None:
         """End the span when it is ours and restore the previous context."""
@@ -74,6 +72,32 @@ class TaskSpan:
             self.span.end()
             if self._token is not None:
                 otel_context.detach(self._token)
+
+
+def _carries_context(request: Any) -> bool:
+    """Whether the message brought trace headers (most cheaply: a ``traceparent``)."""
+    if getattr(request, "traceparent", None) is not None:
+        return True
+    headers = getattr(request, "headers", None)
+    return isinstance(headers, dict) and "traceparent" in headers
+
+
+def _attributes(task_name: str, task_id: str | None, retries: int) -> dict[str, Any]:
+    attributes: dict[str, Any] = {"celery.task_name": task_name, "celery.retries": retries}
+    if task_id:
+        attributes["celery.task_id"] = task_id
+    return attributes
+
+
+_TRACER: trace.Tracer | None = None
+
+
+def _tracer() -> trace.Tracer:
+    """Our tracer, looked up once (a proxy until the application sets a provider)."""
+    global _TRACER
+    if _TRACER is None:
+        _TRACER = trace.get_tracer(TRACER_NAME)
+    return _TRACER
 
 
 def current_ids() -> tuple[str | None, str | None]:
