@@ -23,7 +23,7 @@ import datetime as dt
 import time
 from typing import Any
 
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from ..events import FailureEvent
 from .base import Sink
@@ -69,7 +69,8 @@ def notification_queue(name: str, broker_url: Any) -> Queue:
     """
     arguments = ({"x-max-priority": AMQP_MAX_PRIORITY}
                  if broker_scheme(broker_url) in AMQP_SCHEMES else None)
-    return Queue(name, Exchange(name, type="direct"), routing_key=name,
+    exchange = Exchange(name, type="direct")  # type: ignore[no-untyped-call]
+    return Queue(name, exchange, routing_key=name,  # type: ignore[no-untyped-call]
                  queue_arguments=arguments)
 
 

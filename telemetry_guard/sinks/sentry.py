@@ -1,7 +1,7 @@
 """Sentry: one event per failure routed to the ``sentry`` channel.
 
 Sentry is on when ``telemetry_guard_sentry_dsn`` is set: the sink initialises sentry-sdk
-(``send_default_pii=False``, the SDK's default integrations, a ``before_send`` that redacts
+(``send_default_pii`` off, the SDK's default integrations, a ``before_send`` that redacts
 every event). It is also on when the application initialised sentry-sdk itself: its client,
 options and ``before_send`` are kept, and our redaction runs as a global event processor
 instead. When both, the application's client wins and the setting is ignored (a
@@ -32,22 +32,31 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import sentry_sdk
+from sentry_sdk.consts import DEFAULT_OPTIONS
 from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.scope import add_global_event_processor
-from sentry_sdk.utils import AnnotatedValue, event_from_exception
+from sentry_sdk.utils import (  # type: ignore[attr-defined]
+    AnnotatedValue,
+    event_from_exception,
+)
 
 from ..classify import Severity
 from ..events import FailureEvent
 from ..redact import Redactor
 from .base import Sink
 
+if TYPE_CHECKING:
+    from sentry_sdk.types import Event, Hint
+
+Level = Literal["fatal", "error", "warning", "info"]
+
 CHANNEL = "sentry"
 #: Sentry level of each severity (LOW and MEDIUM reach Sentry only through ``routes``).
-LEVELS = {Severity.LOW: "info", Severity.MEDIUM: "warning", Severity.HIGH: "error",
-          Severity.CRITICAL: "fatal"}
+LEVELS: dict[Severity, Level] = {Severity.LOW: "info", Severity.MEDIUM: "warning",
+                                 Severity.HIGH: "error", Severity.CRITICAL: "fatal"}
 #: The ``mechanism.type`` of our events.
 MECHANISM = "telemetry_guard"
 #: Mechanisms of the SDK integrations that capture a task's exception on their own.
@@ -57,10 +66,27 @@ REPORTED_ATTR = "__telemetry_guard_reported__"
 #: Exceptions that refuse attributes are remembered by id; this many at most.
 FALLBACK_MARKS = 64
 _HINT_KEY = "telemetry_guard"
+#: ``send_default_pii=False``, said explicitly where the SDK does not deprecate the option
+#: (sentry-sdk with ``data_collection`` warns on it; there, leaving it unset means off).
+_NO_PII: dict[str, Any] = (
+    {} if "data_collection" in DEFAULT_OPTIONS else {"send_default_pii": False})
 _LOGGER_NAMES = ("telemetry_guard", "telemetry_guard.*")
 
-Event = dict[str, Any]
+EventDict = dict[str, Any]
 ErrorReporter = Callable[[str, BaseException], None]
+
+
+class _Mark:
+    """The value of :data:`REPORTED_ATTR`: true in this process only (it unpickles as False,
+    so an exception sent to a result backend is not taken as reported by its reader)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[type[bool], tuple[()]]:
+        return (bool, ())
+
+
+_MARK = _Mark()
 
 
 class _ProcessHooks:
@@ -91,7 +117,7 @@ _hooks = _ProcessHooks()
 def mark_reported(exc: BaseException) -> None:
     """Remember that telemetry_guard handled ``exc``, so integrations do not report it again."""
     try:
-        object.__setattr__(exc, REPORTED_ATTR, True)
+        object.__setattr__(exc, REPORTED_ATTR, _MARK)
     except Exception:
         with _hooks.lock:
             _hooks.marks[id(exc)] = exc
@@ -102,20 +128,27 @@ def mark_reported(exc: BaseException) -> None:
 def was_reported(exc: object) -> bool:
     """Whether telemetry_guard handled ``exc`` in this process."""
     try:
-        if getattr(exc, REPORTED_ATTR, False) is True:
+        if getattr(exc, REPORTED_ATTR, None) is _MARK:
             return True
     except Exception:
         pass
     return _hooks.marks.get(id(exc)) is exc
 
 
-def redact_event(event: Event, redactor: Redactor) -> Event:
+def redact_event(event: EventDict, redactor: Redactor, *, own: bool = False) -> EventDict:
     """Redact a Sentry event in place: exception values and frames, breadcrumbs, message,
-    extra, contexts (but ``trace``) and request data. May raise on a malformed event."""
+    extra, contexts (but ``trace``) and request data. May raise on a malformed event.
+
+    ``own``: the event is ours; its main exception value and ``celery`` context were built
+    from the already redacted FailureEvent and are left as they are (redaction truncates, so
+    a second pass would rewrite the truncation markers).
+    """
     text = redactor.redact_text
     for key in ("exception", "threads"):
-        for value in _values(event.get(key)):
-            if isinstance(value.get("value"), str):
+        values = _values(event.get(key))
+        for index, value in enumerate(values):
+            main = own and key == "exception" and index == len(values) - 1
+            if isinstance(value.get("value"), str) and not main:
                 value["value"] = text(value["value"])
             _redact_frames(value.get("stacktrace"), redactor)
     _redact_frames(event.get("stacktrace"), redactor)
@@ -138,7 +171,7 @@ def redact_event(event: Event, redactor: Redactor) -> Event:
     contexts = event.get("contexts")
     if isinstance(contexts, dict):
         for name, context in contexts.items():
-            if name != "trace":
+            if name != "trace" and not (own and name == "celery"):
                 contexts[name] = _redact_value(context, redactor)
     request = event.get("request")
     if isinstance(request, dict):
@@ -174,17 +207,19 @@ def _redact_value(value: Any, redactor: Redactor) -> Any:
     return redactor.redact(value)
 
 
-def _redacted(event: Event, redactor: Redactor, report_error: ErrorReporter | None) -> Event | None:
+def _redacted(event: Event, hint: Hint | None, redactor: Redactor,
+              report_error: ErrorReporter | None) -> Event | None:
     """The redacted event, or None (dropped: never sent unredacted) when redaction fails."""
     try:
-        return redact_event(event, redactor)
+        own = bool(hint and hint.get(_HINT_KEY))
+        return cast("Event", redact_event(cast(EventDict, event), redactor, own=own))
     except Exception as exc:
         if report_error is not None:
             report_error(CHANNEL, exc)
         return None
 
 
-def _mechanism_types(event: Event) -> set[str]:
+def _mechanism_types(event: EventDict) -> set[str]:
     types = set()
     for value in _values(event.get("exception")):
         mechanism = value.get("mechanism")
@@ -193,7 +228,7 @@ def _mechanism_types(event: Event) -> set[str]:
     return types
 
 
-def _process_event(event: Event, hint: dict[str, Any] | None) -> Event | None:
+def _process_event(event: Event, hint: Hint) -> Event | None:
     """Global event processor: drop integrations' duplicates of our failures; redact the
     application's events when the application owns the client (ours are redacted by their
     own scope processor)."""
@@ -202,12 +237,13 @@ def _process_event(event: Event, hint: dict[str, Any] | None) -> Event | None:
         return event
     exc_info = hint.get("exc_info")
     exc = exc_info[1] if isinstance(exc_info, tuple) and len(exc_info) == 3 else None
-    if exc is not None and was_reported(exc) and _mechanism_types(event) & DUPLICATE_MECHANISMS:
+    if (exc is not None and was_reported(exc)
+            and _mechanism_types(cast(EventDict, event)) & DUPLICATE_MECHANISMS):
         return None
     redactor = _hooks.redactor
     if redactor is None or sentry_sdk.get_client() is _hooks.owned_client:
         return event  # the client's before_send redacts
-    return _redacted(event, redactor, _hooks.report_error)
+    return _redacted(event, hint, redactor, _hooks.report_error)
 
 
 def _application_client() -> Any:
@@ -233,10 +269,10 @@ class SentrySink(Sink):
         if dsn and app_client is None:
             redactor, report_error = self.redactor, guard.report_error
 
-            def before_send(event: Event, hint: dict[str, Any]) -> Event | None:
-                return _redacted(event, redactor, report_error)
+            def before_send(event: Event, hint: Hint) -> Event | None:
+                return _redacted(event, hint, redactor, report_error)
 
-            sentry_sdk.init(dsn=dsn, send_default_pii=False, before_send=before_send)
+            sentry_sdk.init(dsn=dsn, before_send=before_send, **_NO_PII)
             self._client = _hooks.owned_client = sentry_sdk.get_client()
         elif dsn and str(getattr(app_client, "dsn", None) or "") != dsn:
             guard.log.warning("sentry.dsn_ignored", channel=CHANNEL,
@@ -271,7 +307,8 @@ class SentrySink(Sink):
     def _capture(self, event: FailureEvent) -> str | None:
         exc = event.exception
         mechanism = {"type": MECHANISM, "handled": event.retried}
-        hint: dict[str, Any]
+        payload: Event
+        hint: Hint
         if exc is not None:
             payload, hint = event_from_exception(
                 (type(exc), exc, exc.__traceback__),
@@ -280,9 +317,10 @@ class SentrySink(Sink):
             if values:
                 values[-1]["value"] = event.message
         else:
-            payload, hint = {"exception": {"values": [{
+            payload = {"exception": {"values": [{
                 "type": event.exception_type, "module": event.exception_module,
-                "value": event.message, "mechanism": mechanism}]}}, {}
+                "value": event.message, "mechanism": mechanism}]}}
+            hint = {}
         hint[_HINT_KEY] = True
         level = LEVELS[event.severity]
         payload["level"] = level
@@ -302,7 +340,7 @@ class SentrySink(Sink):
             if exc is None or exc.__traceback__ is None:
                 scope.set_extra("traceback", event.traceback)
             # Runs last, after the integrations' processors (CeleryIntegration adds extra).
-            scope.add_event_processor(lambda ev, _hint: _redacted(ev, redactor, report_error))
+            scope.add_event_processor(lambda ev, h: _redacted(ev, h, redactor, report_error))
             return scope.capture_event(payload, hint=hint)
 
     def flush(self, timeout: float = 5.0) -> None:
@@ -311,7 +349,7 @@ class SentrySink(Sink):
     def close(self) -> None:
         """Flush; close the client this sink initialised and turn Sentry off if still current."""
         if _hooks.redactor is self.redactor:
-            _hooks.redactor = None
+            _hooks.redactor = _hooks.report_error = None
         client, self._client = self._client, None
         if client is None:
             sentry_sdk.flush()
