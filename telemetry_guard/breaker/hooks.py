@@ -13,7 +13,7 @@ from ..events import BreakerChange
 
 TransitionListener = Callable[[BreakerChange], None]
 CallListener = Callable[[str, str], None]
-ErrorListener = Callable[[str, "BaseException | None"], None]
+ErrorListener = Callable[[str, BaseException | None], None]
 
 #: Sink name reported when the breaker's shared store (Redis) cannot be used.
 STORE_SINK = "breaker_store"
@@ -47,7 +47,7 @@ def set_transition_listener(fn: TransitionListener | None) -> TransitionListener
 
 
 def set_call_listener(fn: CallListener | None) -> CallListener | None:
-    """Call ``fn(breaker, outcome)`` once per call (success, failure, rejected); returns the old one."""
+    """Call ``fn(breaker, outcome)`` once per call (success/failure/rejected); returns the old."""
     global _call_listener
     previous = _call_listener
     _call_listener = fn if fn is not None else _ignore_call

@@ -8,7 +8,9 @@ Keys (``<prefix>`` defaults to ``telemetry_guard:``):
 - ``<prefix>breaker:<name>:permits`` zset: half-open trial permits, score = lease expiry (ms);
 - ``<prefix>breaker:<name>:window`` bitmap: the last ``window_size`` outcomes (1 = failure).
 
-Every read-decide-write is one call of one Lua script, on Redis server time. The process
+Every read-decide-write is one call of one Lua script, on Redis server time; its reply is
+one line of space-separated fields. Breakers on the same URL share one client per process
+(rebuilt after fork). The process
 keeps a cached view (state, generation, mode, when the open period ends): while closed a
 call is admitted with no round trip and its outcome is recorded with one; while open and
 not due, calls are rejected locally, and the view is refreshed at least every
@@ -38,7 +40,6 @@ from .state import (
     CLOSED,
     DISABLED,
     FORCED_OPEN,
-    HALF_OPEN,
     METRICS_ONLY,
     MODES,
     NORMAL,
@@ -65,17 +66,13 @@ ORIGIN = "redis"
 SCRIPT = """
 local hkey, pkey, wkey = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
-local threshold = tonumber(ARGV[2])
-local reset_ms = tonumber(ARGV[3])
-local max_calls = tonumber(ARGV[4])
-local rate = tonumber(ARGV[5])
-local wsize = tonumber(ARGV[6])
-local rate_min = tonumber(ARGV[7])
-local ho_max_ms = tonumber(ARGV[8])
-local ttl_ms = tonumber(ARGV[9])
-local arg_gen = tonumber(ARGV[10])
-local arg = ARGV[11]
-local permit = ARGV[12]
+local c = {}
+for v in string.gmatch(ARGV[2], '%S+') do c[#c + 1] = tonumber(v) end
+local threshold, reset_ms, max_calls, rate = c[1], c[2], c[3], c[4]
+local wsize, rate_min, ho_max_ms, ttl_ms = c[5], c[6], c[7], c[8]
+local arg_gen = tonumber(ARGV[3])
+local arg = ARGV[4]
+local permit = ARGV[5]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -229,14 +226,33 @@ if dirty then
              'w_pos', w_pos, 'w_count', w_count, 'w_fail', w_fail)
 end
 
+if granted == '' then granted = '-' end
 local out = {state, gen, mode, retry_after(), granted, admitted, now, fails, w_count, w_fail,
              in_use}
 for i = 1, #changes do out[#out + 1] = changes[i] end
-return out
+return table.concat(out, ' ')
 """
 
 _TEXT = {name.encode(): name for name in (*STATES, *MODES)}
 _HEADER = 11
+
+
+_clients_lock = threading.Lock()
+#: One client and script per URL in this process (breakers per host share a pool).
+_clients: dict[str, tuple[int, redis.Redis, Any]] = {}
+
+
+def _shared_client(url: str) -> tuple[redis.Redis, Any]:
+    """This process's client for ``url`` and the breaker script bound to it."""
+    pid = os.getpid()
+    with _clients_lock:
+        entry = _clients.get(url)
+        if entry is None or entry[0] != pid:
+            client = redis.Redis.from_url(
+                url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT,
+                retry=Retry(NoBackoff(), 1, (redis.ConnectionError,)))
+            entry = _clients[url] = (pid, client, client.register_script(SCRIPT))
+        return entry[1], entry[2]
 
 
 class StoreUnconfigured(RuntimeError):
@@ -257,13 +273,13 @@ class RedisBreakerStore:
         self.redis_url = redis_url
         self.fail_closed = on_redis_error == "fail_closed"
         key = f"{key_prefix}breaker:{name}"
-        self.keys = (key, f"{key}:permits", f"{key}:window")
+        self.keys = (key.encode(), f"{key}:permits".encode(), f"{key}:window".encode())
         rate = config.failure_rate_threshold
-        self._config_args = (
+        self._config_arg = " ".join((
             str(config.failure_threshold), _ms(config.reset_timeout),
             str(config.half_open_max_calls), repr(rate) if rate is not None else "-1",
             str(config.window_size), str(config.rate_minimum),
-            _ms(config.half_open_max_duration), _ms(config.permit_ttl))
+            _ms(config.half_open_max_duration), _ms(config.permit_ttl))).encode()
         self._log = structlog.get_logger("telemetry_guard.breaker")
         self.after_fork()
 
@@ -284,21 +300,18 @@ class RedisBreakerStore:
         self._mode = NORMAL
         self._generation = -1
         self._checked_at = -math.inf
-        self._open_until = 0.0
-        self._wait_until = 0.0
+        #: Monotonic time from which the store said a call could be admitted again.
+        self._retry_at = 0.0
+        #: Monotonic time after which a rejecting view must be checked with Redis.
+        self._recheck_at = 0.0
 
     def disconnect(self) -> None:
         """Drop the client (for a new URL); the next call reconnects, even during an outage."""
-        client, self._client, self._script = self._client, None, None
+        self._client = self._script = None
         self.fast_admission = None
         self._checked_at = -math.inf
         if self.down_until:
             self.down_until = 1e-9  # due: the next call tries Redis, then logs the recovery
-        if client is not None and self._pid == os.getpid():
-            try:
-                client.close()
-            except Exception:
-                pass
 
     def _connect(self) -> Any:
         if self._pid != os.getpid():
@@ -309,18 +322,16 @@ class RedisBreakerStore:
                 f"breaker {self.name!r}: storage='redis' without redis_url, and no "
                 "TelemetryGuard has set the default (telemetry_guard.breaker."
                 "set_default_redis_url)")
-        client = redis.Redis.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT,
-            retry=Retry(NoBackoff(), 1, (redis.ConnectionError,)))
-        self._client = client
-        self._script = client.register_script(SCRIPT)
+        self._client, self._script = _shared_client(url)
         return self._script
 
-    def _run(self, op: str, generation: int = -1, arg: str = "", permit: str = "") -> Any:
+    def _run(self, op: bytes, generation: int = -1, arg: str = "", permit: str = "") -> list[bytes]:
+        """Run the script once; its reply is one line of space-separated fields."""
         script = self._script
         if script is None or self._pid != os.getpid():
             script = self._connect()
-        return script(keys=self.keys, args=(op, *self._config_args, generation, arg, permit))
+        reply: bytes = script(keys=self.keys, args=(op, self._config_arg, generation, arg, permit))
+        return reply.split()
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -338,7 +349,7 @@ class RedisBreakerStore:
             if local is not None:
                 return local
         try:
-            reply = self._run("admit")
+            reply = self._run(b"admit")
         except Exception as exc:
             self._failed(exc)
             return self._admit_while_down(monotonic())
@@ -346,8 +357,10 @@ class RedisBreakerStore:
             self._recovered()
         transitions = self._absorb(reply)
         mode = self._mode
-        return Admission(reply[5] == 1, self._generation, reply[4].decode() or None,
-                         reply[3] / 1000, transitions, mode != DISABLED, ORIGIN)
+        permit = reply[4]
+        return Admission(reply[5] == b"1", self._generation,
+                         None if permit == b"-" else permit.decode(), int(reply[3]) / 1000,
+                         transitions, mode != DISABLED, ORIGIN)
 
     def _admit_locally(self, now: float) -> Admission | None:
         """Answer from the cached view, or None when Redis must be asked."""
@@ -358,15 +371,12 @@ class RedisBreakerStore:
         if mode == FORCED_OPEN:
             return Admission(False, generation, retry_after=self.config.reset_timeout,
                              origin=ORIGIN)
-        if self._state == OPEN and now < self._open_until:
-            until = self._open_until
-        elif self._state == HALF_OPEN and now < self._wait_until:
-            until = self._wait_until
-        else:
+        if self._state == CLOSED or now >= self._recheck_at:
             return None
         if mode == METRICS_ONLY:
             return Admission(True, generation, origin=ORIGIN)
-        return Admission(False, generation, retry_after=until - now, origin=ORIGIN)
+        return Admission(False, generation, retry_after=max(0.0, self._retry_at - now),
+                         origin=ORIGIN)
 
     def _admit_while_down(self, now: float) -> Admission:
         if self.fail_closed:
@@ -383,7 +393,7 @@ class RedisBreakerStore:
         if self.down_until:
             return ()
         try:
-            reply = self._run("record", admission.generation, outcome, admission.permit or "")
+            reply = self._run(b"record", admission.generation, outcome, admission.permit or "")
         except Exception as exc:
             self._failed(exc)
             return ()
@@ -393,34 +403,36 @@ class RedisBreakerStore:
 
     def force_open(self) -> tuple[Transition, ...]:
         """Open the breaker fleet-wide."""
-        return self._command("force_open")
+        return self._command(b"force_open")
 
     def reset(self) -> tuple[Transition, ...]:
         """Close the breaker fleet-wide and clear its counters."""
-        return self._command("reset")
+        return self._command(b"reset")
 
     def set_mode(self, mode: str) -> tuple[Transition, ...]:
         """Switch the breaker's mode fleet-wide."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        return self._command("set_mode", mode)
+        return self._command(b"set_mode", mode)
 
-    def _command(self, op: str, arg: str = "") -> tuple[Transition, ...]:
+    def _command(self, op: bytes, arg: str = "") -> tuple[Transition, ...]:
         """Run a command in Redis; while Redis is unusable, on the per-process fallback."""
         try:
             reply = self._run(op, arg=arg)
         except Exception as exc:
             self._failed(exc)
             fallback = self.fallback
-            return fallback.set_mode(arg) if op == "set_mode" else getattr(fallback, op)()
+            return fallback.set_mode(arg) if op == b"set_mode" else getattr(fallback, op.decode())()
         if self.down_until:
             self._recovered()
         return self._absorb(reply)
 
     def snapshot(self) -> BreakerSnapshot:
         """Read the state from Redis (the fallback's while Redis is unusable)."""
+        if self.down_until and monotonic() < self.down_until:
+            return self.fallback.snapshot()
         try:
-            reply = self._run("snapshot")
+            reply = self._run(b"snapshot")
         except Exception as exc:
             self._failed(exc)
             return self.fallback.snapshot()
@@ -431,15 +443,15 @@ class RedisBreakerStore:
         return BreakerSnapshot(
             breaker=self.name, state=self._state, mode=self._mode,
             generation=self._generation, consecutive_failures=int(reply[7]),
-            failure_rate=failures / count if count else None, retry_after=reply[3] / 1000,
+            failure_rate=failures / count if count else None, retry_after=int(reply[3]) / 1000,
             half_open_permits_in_use=int(reply[10]))
 
     # -- the cached view -----------------------------------------------------------------
 
-    def _absorb(self, reply: list[Any]) -> tuple[Transition, ...]:
+    def _absorb(self, reply: list[bytes]) -> tuple[Transition, ...]:
         """Take the state a script returned as this process's view; return its transitions."""
         state = _TEXT[reply[0]]
-        generation = reply[1]
+        generation = int(reply[1])
         mode = _TEXT[reply[2]]
         now = monotonic()
         self._state, self._generation, self._mode, self._checked_at = (
@@ -453,14 +465,13 @@ class RedisBreakerStore:
                 self.fast_admission = None
         else:
             self.fast_admission = None
-            retry_after = reply[3] / 1000
-            if state == OPEN:
-                self._open_until = now + retry_after
-            else:
-                self._wait_until = now + min(retry_after, HALF_OPEN_POLL) if retry_after else 0.0
+            retry_after = int(reply[3]) / 1000
+            self._retry_at = now + retry_after
+            self._recheck_at = now + (retry_after if state == OPEN
+                                      else min(retry_after, HALF_OPEN_POLL))
         if len(reply) == _HEADER:
             return ()
-        at = reply[6] / 1000
+        at = int(reply[6]) / 1000
         return tuple(Transition(_TEXT[reply[i]], _TEXT[reply[i + 1]], reply[i + 2].decode(), at)
                      for i in range(_HEADER, len(reply), 3))
 
