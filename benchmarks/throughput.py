@@ -62,6 +62,8 @@ class Run:
     seconds: float
     tasks_per_s: float
     errorlog_records: int | None
+    gc_ms: float | None = None
+    gc_full: int | None = None
 
 
 class Worker:
@@ -94,13 +96,15 @@ class Worker:
 
 
 def worker_env(server: PrivateRedis, logdir: Path, variant: str,
-               profile: Path | None) -> dict[str, str]:
+               profile: Path | None, gc_stats: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_ENV)}
     env.update(PYTHONPATH=str(ROOT), BENCH_VARIANT=variant,
                BENCH_BROKER_URL=server.url(BROKER_DB),
                BENCH_ERRORLOG_URL=server.url(ERRORLOG_DB), BENCH_LOG_DIR=str(logdir))
     if profile is not None:
         env["BENCH_PROFILE"] = str(profile)
+    if gc_stats:
+        env["BENCH_GC_STATS"] = "1"
     return env
 
 
@@ -131,7 +135,7 @@ def wait_result(client: redis.Redis, run_id: str, worker: Worker,
 
 def run_once(server: PrivateRedis, producer_app: Celery, *, rep: int, variant: str,
              failing_percent: int, tasks: int, warmup: int, workdir: Path,
-             profile_dir: Path | None) -> Run:
+             profile_dir: Path | None, gc_stats: bool = False) -> Run:
     """Fresh broker, fresh worker, warm-up, then one measured window of ``tasks`` messages."""
     broker = server.client(BROKER_DB)
     for db in (BROKER_DB, ERRORLOG_DB):
@@ -139,7 +143,7 @@ def run_once(server: PrivateRedis, producer_app: Celery, *, rep: int, variant: s
     fail_every = 100 // failing_percent if failing_percent else 0
     name = f"{variant}-{failing_percent}pct-rep{rep}"
     profile = profile_dir / f"{name}.prof" if profile_dir is not None else None
-    worker = Worker(variant, worker_env(server, workdir, variant, profile),
+    worker = Worker(variant, worker_env(server, workdir, variant, profile, gc_stats),
                     workdir / f"{name}.log")
     try:
         # A fresh connection: kombu remembers declared queues per connection, and the
@@ -170,7 +174,10 @@ def run_once(server: PrivateRedis, producer_app: Celery, *, rep: int, variant: s
         expected = failures(warmup - 1, fail_every) + failures(tasks - 1, fail_every)
         if errorlog != expected:
             raise RuntimeError(f"{name}: {errorlog} error log records, expected {expected}")
-    return Run(rep, variant, failing_percent, tasks, seconds, tasks / seconds, errorlog)
+    run = Run(rep, variant, failing_percent, tasks, seconds, tasks / seconds, errorlog)
+    if gc_stats:
+        run.gc_ms, run.gc_full = float(end["gc_ms"]), int(end["gc_full"])
+    return run
 
 
 @dataclass
@@ -184,6 +191,8 @@ class Row:
     max_tasks_per_s: float
     us_per_task: float
     ratio_to_bare: float | None
+    #: Median over reps of this rep's throughput / bare's in the same rep (cancels drift).
+    paired_ratio: float | None = None
 
 
 def summarise(runs: list[Run], variants: list[str], workloads: list[int]) -> list[Row]:
@@ -197,20 +206,28 @@ def summarise(runs: list[Run], variants: list[str], workloads: list[int]) -> lis
             rows.append(Row(variant, workload, medians[variant], min(values), max(values),
                             1e6 / medians[variant], None))
         if "bare" in medians:
+            bare = {r.rep: r.tasks_per_s for r in runs
+                    if r.variant == "bare" and r.failing_percent == workload}
             for row in rows:
                 if row.failing_percent == workload:
                     row.ratio_to_bare = row.median_tasks_per_s / medians["bare"]
+                    row.paired_ratio = statistics.median(
+                        r.tasks_per_s / bare[r.rep] for r in runs
+                        if r.variant == row.variant and r.failing_percent == workload
+                        and r.rep in bare)
     return rows
 
 
 def table(rows: list[Row]) -> str:
     lines = [f"{'variant':<9} {'failing':>7} {'median tasks/s':>15} {'min–max':>13} "
-             f"{'µs/task':>8} {'vs bare':>8}"]
+             f"{'µs/task':>8} {'vs bare':>8} {'paired':>7}"]
     for r in rows:
         ratio = f"{r.ratio_to_bare:.3f}" if r.ratio_to_bare is not None else "-"
+        paired = f"{r.paired_ratio:.3f}" if r.paired_ratio is not None else "-"
         spread = f"{r.min_tasks_per_s:.0f}–{r.max_tasks_per_s:.0f}"
         lines.append(f"{r.variant:<9} {r.failing_percent:>6}% {r.median_tasks_per_s:>15.0f} "
-                     f"{spread:>13} {r.us_per_task:>8.0f} {ratio:>8}")
+                     f"{spread:>13} {r.us_per_task:>8.0f} {ratio:>8} {paired:>7}")
+    lines.append("vs bare: ratio of medians; paired: median of per-rep ratios to bare.")
     return "\n".join(lines)
 
 
@@ -250,6 +267,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run each worker's measured window under cProfile, stats in DIR "
                              "(throughput is then not comparable)")
+    parser.add_argument("--gc-stats", action="store_true",
+                        help="time the workers' garbage collections in the measured window")
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the worker logs and structlog files (printed path)")
     args = parser.parse_args(argv)
@@ -266,6 +285,10 @@ def reproduce(args: argparse.Namespace) -> str:
     words = [python, "benchmarks/throughput.py", "--tasks", str(args.tasks), "--reps",
              str(args.reps), "--warmup", str(args.warmup), "--variants", *args.variants,
              "--workloads", *map(str, args.workloads)]
+    if args.profile is not None:
+        words += ["--profile", str(args.profile)]
+    if args.gc_stats:
+        words.append("--gc-stats")
     return f"cd {shlex.quote(str(ROOT))} && {shlex.join(words)}"
 
 
@@ -289,12 +312,14 @@ def main(argv: list[str] | None = None) -> int:
                     run = run_once(server, producer_app, rep=rep, variant=variant,
                                    failing_percent=workload, tasks=args.tasks,
                                    warmup=args.warmup, workdir=workdir,
-                                   profile_dir=args.profile)
+                                   profile_dir=args.profile, gc_stats=args.gc_stats)
                     runs.append(run)
                     print(f"[{len(runs)}/{total} {time.monotonic() - began:5.0f}s] rep {rep} "
                           f"{variant:<8} {workload:>2}% failing: {run.tasks_per_s:7.0f} tasks/s"
                           + (f", error log {run.errorlog_records}"
-                             if run.errorlog_records is not None else ""),
+                             if run.errorlog_records is not None else "")
+                          + (f", gc {run.gc_ms:.0f} ms ({run.gc_full} full)"
+                             if run.gc_ms is not None else ""),
                           file=sys.stderr, flush=True)
         ok = True
     finally:

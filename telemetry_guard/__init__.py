@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .breaker import CircuitBreaker
 from .classify import Classifier, Severity, classify
 from .events import BreakerChange, FailureEvent
 from .exceptions import CircuitOpenError, TaskMemoryError, UnpicklableTaskError
@@ -12,6 +13,7 @@ from .task import GuardedTask
 
 __all__ = [
     "BreakerChange",
+    "CircuitBreaker",
     "CircuitOpenError",
     "Classifier",
     "FailureEvent",

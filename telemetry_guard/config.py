@@ -64,6 +64,7 @@ class Settings:
     max_record_bytes: int = 32_768
     tracing: bool = True
     redelivery_horizon: float | None = None
+    breaker_max_wait: float = 3600.0
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -135,7 +136,8 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if not 0 <= port <= 65535:
                 raise ValueError("must be a TCP port (0-65535)")
             return port
-        if name in ("error_log_flush_interval", "notification_throttle", "redelivery_horizon"):
+        if name in ("error_log_flush_interval", "notification_throttle", "redelivery_horizon",
+                    "breaker_max_wait"):
             if raw is None:
                 return None
             value = float(raw)

@@ -40,6 +40,16 @@ class Dispatcher:
                 self.report_error(sink.name, exc)
         self._notify_listeners(event)
 
+    def failure_to(self, event: FailureEvent, names: Iterable[str]) -> None:
+        """Deliver a failure event only to the sinks named."""
+        wanted = set(names)
+        for sink in self.sinks:
+            if sink.name in wanted:
+                try:
+                    sink.on_failure(event)
+                except Exception as exc:
+                    self.report_error(sink.name, exc)
+
     def breaker_change(self, change: BreakerChange) -> None:
         """Deliver a breaker transition to every sink and listener."""
         for sink in self.sinks:

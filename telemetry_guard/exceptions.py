@@ -13,9 +13,13 @@ class CircuitOpenError(Exception):
     """An open circuit breaker refused the call; retry after ``retry_after`` seconds."""
 
     def __init__(self, breaker: str, retry_after: float) -> None:
-        super().__init__(f"circuit breaker {breaker!r} is open; retry after {retry_after:.1f}s")
+        # args are the constructor's, so result backends can rebuild the exception
+        super().__init__(breaker, retry_after)
         self.breaker = breaker
-        self.retry_after = retry_after
+        self.retry_after = float(retry_after)
+
+    def __str__(self) -> str:
+        return f"circuit breaker {self.breaker!r} is open; retry after {self.retry_after:.1f}s"
 
     def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float]]:
         return (type(self), (self.breaker, self.retry_after))
@@ -29,10 +33,13 @@ class UnpicklableTaskError(Exception):
     """
 
     def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
-        super().__init__(f"{type_name}: {message}")
+        super().__init__(type_name, message, traceback_text)
         self.type_name = type_name
         self.message = message
         self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"
 
     def __reduce__(self) -> tuple[type[UnpicklableTaskError], tuple[str, str, str]]:
         return (type(self), (self.type_name, self.message, self.traceback_text))

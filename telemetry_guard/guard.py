@@ -7,12 +7,14 @@ import threading
 from typing import Any
 
 import structlog
+from celery.exceptions import Ignore, Reject, Retry
 
+from . import breaker
 from .callbacks import ErrorCallback, ErrorCallbacks
 from .classify import Classifier, Severity
 from .config import Settings
 from .dispatch import Dispatcher
-from .events import FailureEvent
+from .events import BreakerChange, FailureEvent
 from .notify import register_notify_task
 from .policy import RetryPolicy, cap_below_horizon
 from .redact import Redactor
@@ -22,7 +24,7 @@ from .sinks.base import Sink
 from .sinks.email import EmailSink
 from .sinks.errorlog import ErrorLogSink
 from .sinks.logging import LogSink
-from .sinks.metrics import MetricsSink, get_metrics
+from .sinks.metrics import BreakerStateCollector, MetricsSink, get_metrics
 from .sinks.sentry import SentrySink
 from .sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink
 
@@ -38,6 +40,21 @@ class _NullObserver:
 
 
 _NULL_OBSERVER = _NullObserver()
+
+
+#: The sinks that notify people; breaker trips go only to these.
+CHANNEL_SINKS = ("sentry", "email")
+
+
+def breaker_trip_event(guard: TelemetryGuard, change: BreakerChange) -> FailureEvent:
+    """A breaker opening, as a HIGH failure for routing to Sentry and e-mail."""
+    severity = Severity.HIGH
+    return FailureEvent(
+        task_name=f"breaker:{change.breaker}", task_id=None, attempt=1, max_retries=None,
+        exception_type="CircuitOpenError", exception_module="telemetry_guard.exceptions",
+        message=f"circuit breaker {change.breaker!r} opened ({change.reason or 'tripped'})",
+        traceback="", severity=severity, decision="give_up", reason="breaker_opened",
+        timestamp=change.timestamp, channels=guard.router.channels_for(severity))
 
 
 class TelemetryGuard:
@@ -76,7 +93,26 @@ class TelemetryGuard:
             previous.close()
         self.signals = GuardSignals(self)
         self.signals.connect()
+        self._connect_breakers()
         app._telemetry_guard = self
+
+    def _connect_breakers(self) -> None:
+        """Breakers of this process report through this guard and share its Redis."""
+        breaker.CircuitBreaker.neutral = (Retry, Ignore, Reject)
+        breaker.set_default_redis_url(self.settings.redis_url)
+        breaker.set_transition_listener(self.on_breaker_change)
+        breaker.set_call_listener(self._count_breaker_call)
+        breaker.set_error_listener(self.report_error)
+        BreakerStateCollector.install()
+
+    def _count_breaker_call(self, name: str, outcome: str) -> None:
+        self.metrics.breaker_calls.labels(name, outcome).inc()
+
+    def on_breaker_change(self, change: BreakerChange) -> None:
+        """Tell a breaker transition once; a trip to open is routed like a HIGH failure."""
+        self.dispatcher.breaker_change(change)
+        if change.to_state == "open":
+            self.dispatcher.failure_to(breaker_trip_event(self, change), CHANNEL_SINKS)
 
     def _build_sinks(self) -> list[Sink]:
         s = self.settings
@@ -191,6 +227,11 @@ class TelemetryGuard:
         signals = getattr(self, "signals", None)
         if signals is not None:
             signals.disconnect()
+        if getattr(self.app, "_telemetry_guard", None) is self:
+            breaker.set_transition_listener(None)
+            breaker.set_call_listener(None)
+            breaker.set_error_listener(None)
+            breaker.set_default_redis_url(None)
         if self._exporter_handler is not None:
             self._exporter_handler.uninstall()
         self.dispatcher.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import socket
 import time
 import traceback as tb_module
@@ -13,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
+from .breaker import CircuitBreaker, get_breaker
 from .callbacks import outcome_for
 from .classify import Severity, escalate
 from .events import Decision, FailureEvent
-from .exceptions import UnpicklableTaskError
+from .exceptions import CircuitOpenError, UnpicklableTaskError
 from .policy import RetryPolicy
 from .redact import exception_message
 from .sinks.tracing import current_ids
@@ -51,13 +53,17 @@ class GuardedTask(Task):  # type: ignore[misc]
         span = guard.start_span(self, request)
         started = time.perf_counter()
         try:
-            result = self.run(*args, **kwargs)
+            if self.breaker is None:
+                result = self.run(*args, **kwargs)
+            else:
+                result = resolve_breaker(self.breaker).call(self.run, *args, **kwargs)
         except _PASS_THROUGH:
             guard.runtime(self.name, "retry").observe(time.perf_counter() - started)
             raise
+        except CircuitOpenError as exc:
+            return self._on_breaker_open(guard, exc, args, kwargs)
         except Exception as exc:
-            self._on_exception(guard, exc, args, kwargs, time.perf_counter() - started)
-            raise  # not reached: _on_exception raises
+            return self._on_exception(guard, exc, args, kwargs, time.perf_counter() - started)
         finally:
             if span is not None:
                 span.end()
@@ -65,8 +71,8 @@ class GuardedTask(Task):  # type: ignore[misc]
         return result
 
     def _on_exception(self, guard: TelemetryGuard, exc: Exception, args: Any, kwargs: Any,
-                      elapsed: float) -> None:
-        """Classify, decide, tell every sink once, then retry or re-raise."""
+                      elapsed: float) -> Any:
+        """Classify, decide, tell every sink once, then retry, fall back or re-raise."""
         request = self.request
         policy = guard.policy_for(self)
         retries = request.retries or 0
@@ -74,7 +80,8 @@ class GuardedTask(Task):  # type: ignore[misc]
         if policy.allows_retry(exc, retries):
             decision: Decision = "retry"
             reason = ""
-            delay = guard.cap_countdown(self.name, policy.delay(retries + 1))
+            delay = guard.cap_countdown(self.name, _honour_retry_after(
+                policy.delay(retries + 1), exc, policy))
         else:
             decision = "give_up"
             reason = "max_retries_exceeded" if policy.should_retry(exc) else "not_retryable"
@@ -87,10 +94,65 @@ class GuardedTask(Task):  # type: ignore[misc]
             raise self.retry(exc=transportable(exc, event.traceback), countdown=delay,
                              max_retries=policy.max_retries)
         guard.runtime(self.name, "failure").observe(elapsed)
+        if self.fallback is not None:
+            return self._fallback()(*args, **kwargs)
         replacement = outcome_for(exc)
         if replacement is not exc:
             raise replacement from None
         raise exc
+
+    def _fallback(self) -> Callable[..., Any]:
+        """The ``fallback`` option as given (a function set as a task option is not bound)."""
+        return type(self).fallback  # type: ignore[return-value]
+
+    def _on_breaker_open(self, guard: TelemetryGuard, exc: CircuitOpenError, args: Any,
+                         kwargs: Any) -> Any:
+        """The breaker is open: fall back, or come back when it half-opens (not a retry)."""
+        if self.fallback is not None:
+            return self._fallback()(*args, **kwargs)
+        request = self.request
+        waited = _seconds(getattr(request, BREAKER_WAIT_HEADER, None))
+        delay = exc.retry_after + random.uniform(0.0, max(1.0, 0.1 * exc.retry_after))
+        if waited + delay > guard.settings.breaker_max_wait:
+            guard.record(build_failure_event(
+                guard, self, exc, args=args, kwargs=kwargs, request=request,
+                decision="give_up", reason="breaker_open_too_long"))
+            raise exc
+        guard.log.info("task.breaker_wait", task_name=self.name, task_id=request.id,
+                       breaker=exc.breaker, delay_s=round(delay, 3), waited_s=round(waited, 3))
+        headers = dict(getattr(request, "headers", None) or {})
+        headers[BREAKER_WAIT_HEADER] = waited + delay
+        self.signature_from_request(
+            request, args, kwargs, countdown=delay, retries=request.retries or 0,
+            headers=headers).apply_async()
+        raise Retry(exc=transportable(exc, ""), when=delay)
+
+
+#: Message header with the seconds a task already spent waiting for an open breaker.
+BREAKER_WAIT_HEADER = "telemetry_guard_breaker_waited"
+
+
+def resolve_breaker(option: Any) -> CircuitBreaker:
+    """The task option ``breaker``: an instance, or the name of a registered breaker."""
+    if isinstance(option, CircuitBreaker):
+        return option
+    found = get_breaker(str(option))
+    return found if found is not None else CircuitBreaker(str(option))
+
+
+def _honour_retry_after(delay: float, exc: BaseException, policy: RetryPolicy) -> float:
+    """At least the ``retry_after`` seconds an exception asks for (e.g. HTTP 429), capped."""
+    asked = getattr(exc, "retry_after", None)
+    if isinstance(asked, (int, float)) and asked > delay:
+        return min(float(asked), policy.max_delay)
+    return delay
+
+
+def _seconds(value: Any) -> float:
+    try:
+        return max(0.0, float(value)) if value is not None else 0.0
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def build_failure_event(
@@ -101,7 +163,7 @@ def build_failure_event(
     """Build the one event every sink receives: redacted, bounded, with trace ids."""
     task_name = getattr(task, "name", None) or "unknown"
     severity = guard.severity_of(task, exc)
-    if reason == "max_retries_exceeded":
+    if reason in ("max_retries_exceeded", "breaker_open_too_long"):
         severity = escalate(severity, Severity.HIGH)
     throws = getattr(task, "throws", ()) or ()
     expected = bool(throws) and isinstance(exc, throws)

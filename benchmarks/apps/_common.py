@@ -2,12 +2,14 @@
 
 Worker processes read ``BENCH_BROKER_URL`` (the private Redis), ``BENCH_ERRORLOG_URL``,
 ``BENCH_LOG_DIR`` (structlog JSON files) and, when set, ``BENCH_PROFILE`` (a path: the
-measured window is run under cProfile and its stats written there).
+measured window is run under cProfile and its stats written there) and ``BENCH_GC_STATS``
+(time the garbage collector; the sentinel reports it).
 """
 
 from __future__ import annotations
 
 import cProfile
+import gc
 import os
 import time
 from collections.abc import Sequence
@@ -32,6 +34,17 @@ PREFETCH_MULTIPLIER = 16
 _processed = 0
 _profiler: cProfile.Profile | None = None
 _client: redis.Redis | None = None
+#: Garbage collections since the last sentinel: seconds, runs, full (generation 2) runs.
+_gc = {"seconds": 0.0, "runs": 0, "full": 0, "started": 0.0}
+
+
+def _time_gc(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _gc["started"] = time.perf_counter()
+        return
+    _gc["seconds"] += time.perf_counter() - _gc["started"]
+    _gc["runs"] += 1
+    _gc["full"] += info["generation"] == 2
 
 
 def make_app(name: str) -> Celery:
@@ -43,6 +56,8 @@ def make_app(name: str) -> Celery:
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
     )
+    if os.environ.get("BENCH_GC_STATS") and _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
     app.task(name=SENTINEL, acks_late=True, ignore_result=True)(sentinel)
     return app
 
@@ -77,7 +92,9 @@ def sentinel(run_id: str, phase: str) -> None:
         _client = redis.Redis.from_url(os.environ["BENCH_BROKER_URL"])
     _client.hset(RESULT_KEY + run_id, mapping={
         "end": repr(end), "llen": _client.llen(QUEUE), "processed": processed,
-        "pid": os.getpid()})
+        "pid": os.getpid(), "gc_ms": repr(_gc["seconds"] * 1000), "gc_runs": _gc["runs"],
+        "gc_full": _gc["full"]})
+    _gc.update(seconds=0.0, runs=0, full=0)
 
 
 class DroppingExporter(SpanExporter):

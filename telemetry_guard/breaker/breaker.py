@@ -80,6 +80,10 @@ class CircuitBreaker:
     ``on_redis_error`` chooses, with a log line and an error report.
     """
 
+    #: Exceptions that are control flow, not outcomes (GuardedTask adds Celery's
+    #: ``Retry``, ``Ignore`` and ``Reject``): a call ending in one is not counted.
+    neutral: tuple[type[BaseException], ...] = ()
+
     def __init__(
         self,
         name: str,
@@ -145,7 +149,7 @@ class CircuitBreaker:
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            self._finish(admission, SUCCESS if isinstance(exc, self.exclude) else FAILURE)
+            self._finish(admission, self._outcome_of(type(exc)))
             raise
         except BaseException:
             self._finish(admission, IGNORED)
@@ -177,11 +181,17 @@ class CircuitBreaker:
         if exc_type is None:
             outcome = SUCCESS
         elif issubclass(exc_type, Exception):
-            outcome = SUCCESS if issubclass(exc_type, self.exclude) else FAILURE
+            outcome = self._outcome_of(exc_type)
         else:
             outcome = IGNORED
         self._finish(stack[-1], outcome)
         return False
+
+    def _outcome_of(self, exc_type: type[BaseException]) -> str:
+        """How an exception counts: neutral (control flow) ignored, excluded a success."""
+        if self.neutral and issubclass(exc_type, self.neutral):
+            return IGNORED
+        return SUCCESS if issubclass(exc_type, self.exclude) else FAILURE
 
     def _admit(self) -> Admission:
         admission = self._store.admit()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from ..events import BreakerChange, FailureEvent
 from .base import Sink
@@ -33,9 +34,6 @@ class Metrics:
         self.task_runtime = Histogram(
             "task_runtime_seconds", "Task run time by outcome.", ["task", "outcome"],
             buckets=RUNTIME_BUCKETS, **kw)
-        self.breaker_state = Gauge(
-            "breaker_state", "1 on the breaker's current state, 0 on the others.",
-            ["breaker", "state"], multiprocess_mode="mostrecent", **kw)
         self.breaker_transitions = Counter(
             "breaker_transitions", "Circuit breaker state transitions.",
             ["breaker", "from_state", "to_state"], **kw)
@@ -118,3 +116,41 @@ class MetricsSink(Sink):
     def on_breaker_change(self, change: BreakerChange) -> None:
         self.metrics.breaker_transitions.labels(
             change.breaker, change.from_state, change.to_state).inc()
+
+
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
+class BreakerStateCollector:
+    """``telemetry_guard_breaker_state``, read from each breaker's shared state at scrape time.
+
+    Every process that exposes metrics reads the same Redis state, so all scrapes agree.
+    """
+
+    _installed: set[int] = set()
+
+    def collect(self) -> Any:
+        from ..breaker import all_breakers
+
+        family = GaugeMetricFamily(
+            "telemetry_guard_breaker_state", "1 on the breaker's current state, 0 on the others.",
+            labels=["breaker", "state"])
+        for breaker in all_breakers():
+            try:
+                state = breaker.snapshot().state
+            except Exception:
+                continue
+            for name in BREAKER_STATES:
+                family.add_metric([breaker.name, name], 1.0 if name == state else 0.0)
+        yield family
+
+    def describe(self) -> list[Any]:
+        return []
+
+    @classmethod
+    def install(cls, registry: Any = None) -> None:
+        """Register once into ``registry`` (default: the global one)."""
+        registry = REGISTRY if registry is None else registry
+        if id(registry) not in cls._installed:
+            cls._installed.add(id(registry))
+            registry.register(cls())
