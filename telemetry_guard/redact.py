@@ -160,6 +160,13 @@ class Redactor:
         except Exception:
             return f"<unprintable {_type_name(text)}>"
 
+    def truncate_head(self, text: str) -> str:
+        """Keep the end of ``text`` (a traceback's last lines matter most), marker first."""
+        limit = self._max_chars
+        if len(text) <= limit:
+            return text
+        return TRUNCATED_MARKER.format(n=len(text) - limit) + text[-limit:]
+
     def bound_record(self, record: dict[str, JSONValue]) -> dict[str, JSONValue]:
         """Shrink a record so json.dumps(record) (UTF-8) fits max_record_bytes, with a marker.
 

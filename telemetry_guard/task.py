@@ -7,7 +7,6 @@ import pickle
 import random
 import socket
 import time
-import traceback as tb_module
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +20,12 @@ from .events import Decision, FailureEvent
 from .exceptions import CircuitOpenError, UnpicklableTaskError
 from .policy import RetryPolicy
 from .redact import exception_message
+from .tracebacks import format_traceback
 from .sinks.tracing import current_ids
 
 if TYPE_CHECKING:
     from .guard import TelemetryGuard
 
-#: Frames kept from the end of a traceback (a 10,000-frame recursion stays cheap).
-TRACEBACK_FRAMES = 30
 _PASS_THROUGH = (Retry, Ignore, Reject)
 _HOSTNAME = socket.gethostname()
 
@@ -63,7 +61,14 @@ class GuardedTask(Task):  # type: ignore[misc]
         except CircuitOpenError as exc:
             return self._on_breaker_open(guard, exc, args, kwargs)
         except Exception as exc:
-            return self._on_exception(guard, exc, args, kwargs, time.perf_counter() - started)
+            # Raised here, not in a helper: every frame added to the traceback is one
+            # more that Celery copies (billiard's ExceptionInfo) on each failure.
+            outcome = self._on_exception(guard, exc, args, kwargs, time.perf_counter() - started)
+            if outcome is _RERAISE:
+                raise
+            if isinstance(outcome, _Raise):
+                raise outcome.exception from None
+            return outcome
         finally:
             if span is not None:
                 span.end()
@@ -72,7 +77,10 @@ class GuardedTask(Task):  # type: ignore[misc]
 
     def _on_exception(self, guard: TelemetryGuard, exc: Exception, args: Any, kwargs: Any,
                       elapsed: float) -> Any:
-        """Classify, decide, tell every sink once, then retry, fall back or re-raise."""
+        """Classify, decide, tell every sink once; say whether to retry, fall back or re-raise.
+
+        Returns the fallback's result, ``_RERAISE``, or a ``_Raise`` of what to raise.
+        """
         request = self.request
         policy = guard.policy_for(self)
         retries = request.retries or 0
@@ -91,15 +99,13 @@ class GuardedTask(Task):  # type: ignore[misc]
         guard.record(event)
         if decision == "retry":
             guard.runtime(self.name, "retry").observe(elapsed)
-            raise self.retry(exc=transportable(exc, event.traceback), countdown=delay,
-                             max_retries=policy.max_retries)
+            return _Raise(self.retry(exc=transportable(exc, event.traceback), countdown=delay,
+                                     max_retries=policy.max_retries, throw=False))
         guard.runtime(self.name, "failure").observe(elapsed)
         if self.fallback is not None:
             return self._fallback()(*args, **kwargs)
         replacement = outcome_for(exc)
-        if replacement is not exc:
-            raise replacement from None
-        raise exc
+        return _RERAISE if replacement is exc else _Raise(replacement)
 
     def _fallback(self) -> Callable[..., Any]:
         """The ``fallback`` option as given (a function set as a task option is not bound)."""
@@ -126,6 +132,18 @@ class GuardedTask(Task):  # type: ignore[misc]
             request, args, kwargs, countdown=delay, retries=request.retries or 0,
             headers=headers).apply_async()
         raise Retry(exc=transportable(exc, ""), when=delay)
+
+
+_RERAISE = object()
+
+
+class _Raise:
+    """What ``_on_exception`` asks ``__call__`` to raise instead of the original exception."""
+
+    __slots__ = ("exception",)
+
+    def __init__(self, exception: BaseException) -> None:
+        self.exception = exception
 
 
 #: Message header with the seconds a task already spent waiting for an open breaker.
@@ -189,8 +207,10 @@ def build_failure_event(
         exception_type=type(exc).__name__,
         exception_module=type(exc).__module__,
         message=redactor.redact_text(exc),
-        traceback=guard.traceback_redactor.redact_text(
-            traceback_text if traceback_text is not None else format_traceback(exc)),
+        traceback=(guard.traceback_redactor.redact_text(traceback_text)
+                   if traceback_text is not None
+                   else guard.traceback_redactor.truncate_head(
+                       format_traceback(exc, redactor.redact_text))),
         severity=severity,
         decision=decision,
         delay_s=delay,
@@ -209,16 +229,6 @@ def build_failure_event(
         exception=exc,
         replay=replay,
     )
-
-
-def format_traceback(exc: BaseException) -> str:
-    """The last frames of ``exc``'s traceback, with its causes; never raises."""
-    try:
-        te = tb_module.TracebackException.from_exception(
-            exc, limit=-TRACEBACK_FRAMES, capture_locals=False)
-        return "".join(te.format())
-    except Exception:
-        return f"{type(exc).__name__}: <traceback unavailable>"
 
 
 def transportable(exc: BaseException, traceback_text: str) -> BaseException:
