@@ -20,8 +20,8 @@ from .events import Decision, FailureEvent
 from .exceptions import CircuitOpenError, UnpicklableTaskError
 from .policy import RetryPolicy
 from .redact import exception_message
-from .tracebacks import format_traceback
 from .sinks.tracing import current_ids
+from .tracebacks import format_traceback
 
 if TYPE_CHECKING:
     from .guard import TelemetryGuard
