@@ -7,6 +7,7 @@ from .classify import Classifier, Severity, classify
 from .events import BreakerChange, FailureEvent
 from .exceptions import CircuitOpenError, TaskMemoryError, UnpicklableTaskError
 from .guard import TelemetryGuard
+from .http import register_resilient_request
 from .policy import RetryPolicy
 from .sinks.logging import configure_logging
 from .task import GuardedTask
@@ -25,4 +26,5 @@ __all__ = [
     "UnpicklableTaskError",
     "classify",
     "configure_logging",
+    "register_resilient_request",
 ]

@@ -82,6 +82,7 @@ _CONNECTION_ERRORS: tuple[tuple[str, frozenset[str]], ...] = (
     ("requests", frozenset({"ConnectionError", "Timeout"})),
     ("httpx", frozenset({"ConnectError", "NetworkError", "TimeoutException"})),
     ("urllib3", frozenset({"NewConnectionError", "TimeoutError"})),
+    ("telemetry_guard.http", frozenset({"TransientHTTPError"})),
 )
 
 _BUILTIN_CONNECTION_ERRORS = (ConnectionError, TimeoutError)

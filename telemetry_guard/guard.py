@@ -15,6 +15,7 @@ from .classify import Classifier, Severity
 from .config import Settings
 from .dispatch import Dispatcher
 from .events import BreakerChange, FailureEvent
+from .http import resilient_request_task
 from .notify import register_notify_task
 from .policy import RetryPolicy, cap_below_horizon
 from .redact import Redactor
@@ -95,6 +96,8 @@ class TelemetryGuard:
         self.signals.connect()
         self._connect_breakers()
         app._telemetry_guard = self
+        #: The built-in HTTP task (``telemetry_guard.resilient_request``) on this app.
+        self.resilient_request = resilient_request_task(app)
 
     def _connect_breakers(self) -> None:
         """Breakers of this process report through this guard and share its Redis."""

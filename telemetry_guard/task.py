@@ -102,7 +102,7 @@ class GuardedTask(Task):  # type: ignore[misc]
             return _Raise(self.retry(exc=transportable(exc, event.traceback), countdown=delay,
                                      max_retries=policy.max_retries, throw=False))
         guard.runtime(self.name, "failure").observe(elapsed)
-        if self.fallback is not None:
+        if self.fallback is not None and reason == "max_retries_exceeded":
             return self._fallback()(*args, **kwargs)
         replacement = outcome_for(exc)
         return _RERAISE if replacement is exc else _Raise(replacement)

@@ -20,7 +20,7 @@ class UsageError(click.ClickException):
 
 
 def load_app(path: str) -> Any:
-    """Import a Celery app the way ``celery -A`` does: ``module``, ``module:attr`` or ``module.attr``."""
+    """Import a Celery app as ``celery -A`` does: ``module``, ``module:attr``, ``module.attr``."""
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
     module_name, _, attr = path.partition(":")

@@ -24,9 +24,10 @@ def emit(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], *, as_json: 
         return 0
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    header = (c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))
+    click.echo("  ".join(header).rstrip())
     for r in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     return len(rows)
 
 
