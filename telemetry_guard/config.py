@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .budget import BudgetConfig
 from .policy import RetryPolicy
 from .redact import DEFAULT_REDACT_KEYS
 
@@ -65,6 +66,7 @@ class Settings:
     tracing: bool = True
     redelivery_horizon: float | None = None
     breaker_max_wait: float = 3600.0
+    retry_budget: BudgetConfig | None = None
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -110,7 +112,7 @@ class Settings:
 
 def _parse_env(name: str, text: str) -> Any:
     """Turn an environment string into a value; JSON for structured settings."""
-    if name in ("routes", "email", "default_retry_policy"):
+    if name in ("routes", "email", "default_retry_policy", "retry_budget"):
         try:
             return json.loads(text)
         except ValueError as exc:
@@ -154,6 +156,8 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             return _retry_policy(raw)
         if name == "routes":
             return _routes(raw)
+        if name == "retry_budget":
+            return BudgetConfig.from_setting(raw)
         if name == "email":
             if not isinstance(raw, Mapping):
                 raise ValueError("must be a dict of host, port, starttls, ssl, user, ...")

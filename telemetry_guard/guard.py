@@ -10,6 +10,7 @@ import structlog
 from celery.exceptions import Ignore, Reject, Retry
 
 from . import breaker
+from .budget import RetryBudget
 from .callbacks import ErrorCallback, ErrorCallbacks
 from .classify import Classifier, Severity
 from .config import Settings
@@ -33,6 +34,24 @@ from .sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink
 RECORDED_IDS = 4096
 #: A traceback may be this many times longer than any other value.
 TRACEBACK_SIZE_FACTOR = 4
+
+
+class BudgetLifecycle(Sink):
+    """Gives the retry budget the sinks' lifecycle: re-created after fork, flushed, closed."""
+
+    name = "retry_budget"
+
+    def __init__(self, budget: RetryBudget) -> None:
+        self.budget = budget
+
+    def after_fork(self) -> None:
+        self.budget.after_fork()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        self.budget.flush(timeout)
+
+    def close(self) -> None:
+        self.budget.close()
 
 
 class _NullObserver:
@@ -82,6 +101,7 @@ class TelemetryGuard:
             max_record_bytes=s.max_record_bytes)
         self.metrics = get_metrics()
         self.notify_task: Any = None
+        self.retry_budget: RetryBudget | None = None
         self.metrics_sink = MetricsSink(self.metrics, max_label_values=s.max_label_values)
         self.dispatcher = Dispatcher([], telemetry_errors=self.metrics.telemetry_errors)
         self.dispatcher.sinks = tuple(self._build_sinks())
@@ -127,6 +147,13 @@ class TelemetryGuard:
         if s.email:
             self.notify_task = register_notify_task(self)
             sinks.append(EmailSink(self))
+        if s.retry_budget is not None:
+            if not s.redis_url:
+                raise ValueError("telemetry_guard_retry_budget needs telemetry_guard_redis_url "
+                                 "(the budget is shared by all workers in Redis)")
+            self.retry_budget = RetryBudget(s.redis_url, s.retry_budget, key_prefix=s.key_prefix,
+                                            report_error=self.report_error)
+            sinks.append(BudgetLifecycle(self.retry_budget))
         if s.redis_url:
             sinks.append(ErrorLogSink(
                 s.redis_url, key_prefix=s.key_prefix, maxlen=s.error_log_maxlen,

@@ -28,6 +28,7 @@ class GuardSignals:
         return [
             (signals.before_task_publish, self.on_before_publish),
             (signals.task_failure, self.on_task_failure),
+            (signals.task_retry, self.on_task_retry),
             (signals.worker_init, self.on_worker_init),
             (signals.worker_ready, self.on_worker_ready),
             (signals.worker_process_init, self.on_worker_process_init),
@@ -80,6 +81,25 @@ class GuardSignals:
             self.guard.record(event)
         except Exception as exc:
             self.guard.report_error("signals", exc)
+
+    def on_task_retry(self, sender: Any = None, request: Any = None, reason: Any = None,
+                      einfo: Any = None, **_: Any) -> None:
+        """Report a lost child that Celery retries (``task_retry_on_worker_lost``)."""
+        exc = getattr(reason, "exc", None)
+        if (not isinstance(exc, WorkerLostError) or not isinstance(sender, GuardedTask)
+                or getattr(sender, "app", None) is not self.guard.app):
+            return
+        try:
+            traceback_text = getattr(einfo, "traceback", None)
+            event = build_failure_event(
+                self.guard, sender, exc, args=getattr(request, "args", ()),
+                kwargs=getattr(request, "kwargs", {}), request=request, decision="retry",
+                delay=float(getattr(reason, "when", 0) or 0), reason="worker_lost",
+                max_retries=getattr(sender, "max_retries", None),
+                traceback_text=traceback_text if isinstance(traceback_text, str) else None)
+            self.guard.record(event)
+        except Exception as error:
+            self.guard.report_error("signals", error)
 
     # -- worker lifecycle ---------------------------------------------------------------
     def on_worker_init(self, sender: Any = None, **_: Any) -> None:

@@ -48,6 +48,8 @@ class GuardedTask(Task):  # type: ignore[misc]
         if request.called_directly:
             return super().__call__(*args, **kwargs)
         guard = _guard_of(self.app)
+        if guard.retry_budget is not None and not request.retries:
+            guard.retry_budget.deposit(self.name)
         span = guard.start_span(self, request)
         started = time.perf_counter()
         try:
@@ -85,11 +87,15 @@ class GuardedTask(Task):  # type: ignore[misc]
         policy = guard.policy_for(self)
         retries = request.retries or 0
         delay: float | None = None
-        if policy.allows_retry(exc, retries):
+        if policy.allows_retry(exc, retries) and (
+                guard.retry_budget is None or guard.retry_budget.withdraw(self.name)):
             decision: Decision = "retry"
             reason = ""
             delay = guard.cap_countdown(self.name, _honour_retry_after(
                 policy.delay(retries + 1), exc, policy))
+        elif policy.allows_retry(exc, retries):
+            decision = "give_up"
+            reason = "retry_budget_exhausted"
         else:
             decision = "give_up"
             reason = "max_retries_exceeded" if policy.should_retry(exc) else "not_retryable"
@@ -102,7 +108,8 @@ class GuardedTask(Task):  # type: ignore[misc]
             return _Raise(self.retry(exc=transportable(exc, event.traceback), countdown=delay,
                                      max_retries=policy.max_retries, throw=False))
         guard.runtime(self.name, "failure").observe(elapsed)
-        if self.fallback is not None and reason == "max_retries_exceeded":
+        if self.fallback is not None and reason in ("max_retries_exceeded",
+                                                    "retry_budget_exhausted"):
             return self._fallback()(*args, **kwargs)
         replacement = outcome_for(exc)
         return _RERAISE if replacement is exc else _Raise(replacement)
@@ -181,7 +188,7 @@ def build_failure_event(
     """Build the one event every sink receives: redacted, bounded, with trace ids."""
     task_name = getattr(task, "name", None) or "unknown"
     severity = guard.severity_of(task, exc)
-    if reason in ("max_retries_exceeded", "breaker_open_too_long"):
+    if reason in ("max_retries_exceeded", "breaker_open_too_long", "retry_budget_exhausted"):
         severity = escalate(severity, Severity.HIGH)
     throws = getattr(task, "throws", ()) or ()
     expected = bool(throws) and isinstance(exc, throws)

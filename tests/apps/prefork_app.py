@@ -81,3 +81,14 @@ def out_of_memory(self: GuardedTask) -> int:
 def pid() -> int:
     """The pid of the pool child that ran it."""
     return os.getpid()
+
+
+@app.task(bind=True, base=GuardedTask, name="prefork.hang_once", acks_late=True,
+          retry_on_worker_lost=True, default_retry_delay=0)
+def hang_once(self: GuardedTask, key: str) -> str:
+    """First run publishes its pid and hangs (to be killed); the retried run succeeds."""
+    client = redis.Redis.from_url(BROKER)
+    if client.incr(key + ":runs") == 1:
+        client.set(key, os.getpid())
+        time.sleep(60)
+    return "ran again"

@@ -184,3 +184,20 @@ def test_memory_error_callback_recycles_the_pool_child(
     assert value(scrape(prefork.port), "telemetry_guard_task_failures_total",
                  task="prefork.out_of_memory", exception="MemoryError", severity="critical") == 1
     assert producer.send_task("prefork.pid").get(timeout=30) in children(prefork.proc.pid)
+
+
+def test_child_killed_mid_task_with_retry_on_worker_lost_is_recorded_once_and_runs_again(
+        prefork: PreforkWorker, producer: Celery, redis_url: str) -> None:
+    """acks_late + retry_on_worker_lost: one HIGH WorkerLostError retry, then success."""
+    result = producer.send_task("prefork.hang_once", args=("hang-once",))
+    client = redis.Redis.from_url(redis_url)
+    pid = int(wait_for(lambda: client.get("hang-once"), timeout=20))
+    os.kill(pid, signal.SIGKILL)
+    assert result.get(timeout=30) == "ran again"
+    samples = scrape(prefork.port)
+    assert value(samples, "telemetry_guard_task_failures_total", task="prefork.hang_once",
+                 exception="WorkerLostError", severity="high") == 1
+    assert value(samples, "telemetry_guard_task_retries_total", task="prefork.hang_once",
+                 exception="WorkerLostError") == 1
+    assert value(samples, "telemetry_guard_task_giveups_total", task="prefork.hang_once",
+                 exception="WorkerLostError", severity="high") == 0
