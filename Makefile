@@ -3,16 +3,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint clean
+.PHONY: test test-reliability demo bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+# The slow load and fault suites (CI runs them too).
+test-reliability: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/reliability $(ARGS) || test $$? -eq 5  # 5: none collected
 
 demo: $(STAMP)
 	$(BIN)/python -m telemetry_guard.demo $(ARGS)
