@@ -462,6 +462,7 @@ def test_the_breaker_returns_to_redis_when_it_is_back(
 def test_without_a_redis_url_the_breaker_waits_for_the_guards_default(
         redis_url: str, heard: Heard) -> None:
     """redis_url=None: memory fallback and a report until set_default_redis_url, then Redis."""
+    set_default_redis_url(None)  # whatever a guard of an earlier test left behind
     assert get_default_redis_url() is None
     breaker = CircuitBreaker("unconfigured", failure_threshold=2)
     try:
