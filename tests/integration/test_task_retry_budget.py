@@ -14,7 +14,7 @@ from telemetry_guard.testing import capture_events
 
 
 def test_retries_beyond_the_budget_give_up_with_the_budget_reason(celery_app: Celery) -> None:
-    """60 always-failing tasks, ratio 0.2, no reserve: about 12 retries granted, the rest give up."""
+    """60 always-failing tasks, ratio 0.2, no reserve: about 12 retries, the rest give up."""
     guard = TelemetryGuard(celery_app, retry_budget={"ratio": 0.2, "min_retries_per_second": 0})
     policy = RetryPolicy(max_retries=1, base_delay=0.01, max_delay=0.02)
 
