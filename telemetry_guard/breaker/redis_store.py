@@ -54,6 +54,8 @@ from .state import (
 
 #: A rejecting (open) view is re-read from Redis at least this often, in seconds.
 REFRESH_INTERVAL = 1.0
+#: How long a closed view from Redis admits calls without asking again.
+CLOSED_TRUST_INTERVAL = 0.25
 #: While half-open with every permit taken, ask Redis again after at most this long.
 HALF_OPEN_POLL = 0.05
 #: After Redis failed, try it again at most this often, in seconds.
@@ -338,9 +340,12 @@ class RedisBreakerStore:
     def admit(self) -> Admission:
         """Decide whether a call may run: locally when the cached view allows, else one script."""
         fast = self.fast_admission
-        if fast is not None:
-            return fast
         now = monotonic()
+        # A closed view is trusted for CLOSED_TRUST_INTERVAL after Redis last answered: a
+        # busy worker keeps it fresh with its outcome scripts (one round trip per call); an
+        # idle one asks again, so a breaker opened meanwhile rejects its very next call.
+        if fast is not None and now - self._checked_at < CLOSED_TRUST_INTERVAL:
+            return fast
         if self.down_until:
             if now < self.down_until:
                 return self._admit_while_down(now)

@@ -32,8 +32,11 @@ def load_app(path: str) -> Any:
         module_name, _, attr = module_name.rpartition(".")
         try:
             module = importlib.import_module(module_name)
-        except ImportError:
+        except Exception:
             raise UsageError(f"cannot import app module {path!r}: {exc}") from None
+    except Exception as exc:  # the module itself is broken: one line, not a traceback
+        raise UsageError(f"app module {module_name!r} failed to import: "
+                         f"{type(exc).__name__}: {exc}") from None
     if attr:
         app = getattr(module, attr, None)
         if app is None:
