@@ -81,12 +81,14 @@ class ErrorLogSink(Sink):
             entries.append((self.dead_key, {"record": record,
                                             "replay": _dumps_replay(event.replay)}))
         with self._cond:
+            before = len(self._buffer)
             for entry in entries:
                 if len(self._buffer) >= self.buffer_size:
                     self._report_error("errorlog_overflow", None)
                     continue
                 self._buffer.append(entry)
-            if len(self._buffer) in (1, WAKE_AT):  # the first of a batch, or a full one
+            after = len(self._buffer)
+            if (before == 0 < after) or before < WAKE_AT <= after:  # a batch starts or fills
                 self._cond.notify()
         if self._thread is None:
             self._start_thread()
