@@ -206,7 +206,7 @@ def test_unknown_breaker_and_missing_app_module_are_one_line_usage_errors(
     broken = run_cli(unset, "breakers", "list")
     assert broken.returncode == 2
     assert broken.stderr.strip().splitlines() == [
-        f"Error: cannot load {APP}: KeyError: 'TG_TEST_BROKER'"]
+        f"Error: app module {APP!r} failed to import: KeyError: 'TG_TEST_BROKER'"]
 
 
 # -- in process (CliRunner), through `celery -A app guard` ---------------------------------
