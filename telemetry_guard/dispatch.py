@@ -76,6 +76,9 @@ class Dispatcher:
         try:
             if self._telemetry_errors is not None:
                 self._telemetry_errors.labels(sink).inc()
+        except Exception:  # the metrics themselves may be what is broken: still log it
+            pass
+        try:
             now = time.monotonic()
             with self._lock:
                 last = self._last_logged.get(sink)

@@ -34,6 +34,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate, make_msgid
 from typing import Any
 
@@ -50,6 +51,9 @@ NOTIFY_TASK_NAME = "telemetry_guard.notify"
 #: Errors a later attempt can fix: SMTP replies (4xx/5xx), refused connections, timeouts,
 #: DNS failures (all ``OSError``) and an unreachable Redis (throttle, dead letters).
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (OSError, redis.RedisError)
+#: Lines up to SMTP's own limit, so a long subject is not folded onto a second line.
+MAIL_POLICY = SMTP_POLICY.clone(max_line_length=998)
+
 #: How notifications are retried; the ``email`` setting's ``retry_policy`` (a RetryPolicy or
 #: a dict of its fields) and ``retry_max_retries``/``retry_base_delay``/``retry_max_delay``
 #: keys override it.
@@ -148,7 +152,7 @@ def build_message(payload: Mapping[str, Any], *, sender: str, recipients: Iterab
     """The mail for one notification; headers built only from sanitised values."""
     sender = header_text(sender)
     domain = sender.rpartition("@")[2].strip(" >") or "telemetry-guard.invalid"
-    message = EmailMessage()
+    message = EmailMessage(policy=MAIL_POLICY)
     message["Subject"] = subject_for(payload)
     message["From"] = sender
     message["To"] = ", ".join(header_text(r) for r in recipients)

@@ -108,7 +108,7 @@ class GuardSignals:
         if path is not None:
             try:
                 exposition.clean_multiproc_dir(path)
-            except OSError as exc:
+            except Exception as exc:
                 self.guard.report_error("metrics", exc)
 
     def on_worker_ready(self, sender: Any = None, **_: Any) -> None:
@@ -120,7 +120,7 @@ class GuardSignals:
             self._metrics_server = exposition.serve_metrics(
                 port, self.guard.settings.metrics_address)
             self.guard.log.info("metrics.serving", port=self._metrics_server.server_port)
-        except OSError as exc:
+        except Exception as exc:  # a port in use, an unusable multiprocess directory
             self.guard.report_error("metrics_server", exc)
 
     def on_worker_process_init(self, **_: Any) -> None:

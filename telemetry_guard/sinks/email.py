@@ -19,7 +19,10 @@ Message priority is chosen per broker transport (see :func:`notification_priorit
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import os
+import threading
 import time
 from typing import Any
 
@@ -93,6 +96,12 @@ def build_payload(event: FailureEvent) -> dict[str, Any]:
     }
 
 
+#: Notifications held in memory while the broker refuses them; more are counted and dropped.
+MAX_PENDING = 1000
+RESEND_FIRST_DELAY = 1.0
+RESEND_MAX_DELAY = 30.0
+
+
 class EmailSink(Sink):
     """Enqueues ``telemetry_guard.notify`` on the priority notification queue."""
 
@@ -124,6 +133,56 @@ class EmailSink(Sink):
     def on_failure(self, event: FailureEvent) -> None:
         if CHANNEL not in event.channels:
             return
+        payload = build_payload(event)
+        try:
+            self._publish(payload)
+        except Exception:
+            # The broker is down: keep the notification and send it when it is back.
+            self._hold(payload)
+            raise
+
+    def _publish(self, payload: dict[str, Any]) -> None:
         self.task.apply_async(
-            args=(build_payload(event),), queue=self._destination(), priority=self.priority,
+            args=(payload,), queue=self._destination(), priority=self.priority,
             retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+
+    # -- notifications the broker refused, re-sent by a background thread -------------------
+    def _hold(self, payload: dict[str, Any]) -> None:
+        if getattr(self, "_pid", None) != os.getpid():
+            self._pending: collections.deque[dict[str, Any]] = collections.deque()
+            self._wake = threading.Event()
+            self._resender: threading.Thread | None = None
+            self._pid = os.getpid()
+        if len(self._pending) >= MAX_PENDING:
+            self.guard.report_error("email_overflow", None)
+            return
+        self._pending.append(payload)
+        if self._resender is None:
+            self._resender = threading.Thread(
+                target=self._resend, name="telemetry_guard-email-resend", daemon=True)
+            self._resender.start()
+
+    def _resend(self) -> None:
+        delay = RESEND_FIRST_DELAY
+        while True:
+            self._wake.wait(delay)
+            self._wake.clear()
+            while self._pending:
+                try:
+                    self._publish(self._pending[0])
+                except Exception:
+                    delay = min(delay * 2, RESEND_MAX_DELAY)
+                    break
+                self._pending.popleft()
+                delay = RESEND_FIRST_DELAY
+                self.guard.log.info("notification.resent", channel=CHANNEL,
+                                    pending=len(self._pending))
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Try once more to hand held notifications to the broker."""
+        pending = getattr(self, "_pending", None)
+        if pending and getattr(self, "_pid", None) == os.getpid():
+            self._wake.set()
+            deadline = time.monotonic() + timeout
+            while pending and time.monotonic() < deadline:
+                time.sleep(0.05)
