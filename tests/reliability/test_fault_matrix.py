@@ -476,7 +476,8 @@ def critical_during_broker_outage(
             time.sleep(OUTAGE)
             broker.restart()
             deadline = time.monotonic() + 10
-            while (not any(str(m.message["Subject"]).strip() == subject for m in list(smtp.messages))
+            while (not any(str(m.message["Subject"]).strip() == subject
+                           for m in list(smtp.messages))
                    and time.monotonic() < deadline):
                 time.sleep(0.1)
             time.sleep(SETTLE)
