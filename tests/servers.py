@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -95,3 +96,14 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # type:
 
 
 os.environ.setdefault("TELEMETRY_GUARD_TEST", "1")
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
+    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL: a worker's warm shutdown."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from telemetry_guard import CircuitBreaker
 from telemetry_guard.breaker import RedisBreakerStore, registry
 from telemetry_guard.breaker.state import BreakerConfig
 from telemetry_guard.cli import celery_guard, main
-from tests.servers import free_port, wait_for
+from tests.servers import free_port, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).parent / "telemetry-guard")
@@ -75,12 +74,7 @@ class CliWorker:
         wait_for(answered, timeout=30, interval=0.1)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 15)
         self.log.close()
 
 

@@ -17,7 +17,7 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from telemetry_guard import TaskMemoryError
-from tests.servers import free_port, wait_for
+from tests.servers import free_port, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,12 +65,7 @@ class PreforkWorker:
             return False
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

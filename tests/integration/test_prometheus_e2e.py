@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from telemetry_guard.breaker import BreakerConfig, RedisBreakerStore
 from telemetry_guard.dashboards import all_queries, substitute_variables
-from tests.servers import free_port, wait_for
+from tests.servers import free_port, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "alerts"
@@ -203,13 +202,7 @@ class E2EWorker:
         return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
