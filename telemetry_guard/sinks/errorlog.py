@@ -21,7 +21,7 @@ import redis
 from kombu.utils.json import dumps as kombu_dumps
 
 from ..events import FailureEvent
-from ..redact import Redactor
+from ..redact import Redactor, safe_repr
 from .base import Sink
 
 ErrorReporter = Callable[[str, "BaseException | None"], None]
@@ -179,4 +179,4 @@ def _dumps_replay(replay: dict[str, Any]) -> str:
         return str(kombu_dumps(replay))
     except Exception:
         return json.dumps({"task": replay.get("task"), "id": replay.get("id"),
-                           "replayable": False, "repr": repr(replay)[:4096]})
+                           "replayable": False, "repr": safe_repr(replay, 4096)})
