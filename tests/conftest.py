@@ -47,8 +47,10 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    """A fresh database of the private server, unique to this test."""
-    return f"{redis_server.url}/{next(_dbs) % 64}"
+    """An empty database of the private server (this session started it, so it may flush)."""
+    db = next(_dbs) % 64
+    redis_server.client(db).flushdb()
+    return f"{redis_server.url}/{db}"
 
 
 @pytest.fixture
