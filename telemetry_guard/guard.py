@@ -105,7 +105,7 @@ class TelemetryGuard:
         self.metrics_sink = MetricsSink(self.metrics, max_label_values=s.max_label_values)
         self.dispatcher = Dispatcher([], telemetry_errors=self.metrics.telemetry_errors)
         self.dispatcher.sinks = tuple(self._build_sinks())
-        self._recorded: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._recorded: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._recorded_lock = threading.Lock()
         self._capped_warned: set[str] = set()
         self._exporter_handler = (ExporterFailureHandler.install(self.report_error)
@@ -219,7 +219,7 @@ class TelemetryGuard:
         """Hand one failure event to every sink (never raises)."""
         if event.task_id:
             with self._recorded_lock:
-                self._recorded[event.task_id] = None
+                self._recorded[event.task_id] = self._recorded.get(event.task_id, 0) + 1
                 if len(self._recorded) > RECORDED_IDS:
                     self._recorded.popitem(last=False)
         self.dispatcher.failure(event)
@@ -237,6 +237,23 @@ class TelemetryGuard:
     def was_recorded(self, task_id: str | None) -> bool:
         """Whether this process already reported a failure of ``task_id``."""
         return task_id is not None and task_id in self._recorded
+
+    def times_recorded(self, task_id: str | None) -> int:
+        """How many failures of ``task_id`` this process reported."""
+        return self._recorded.get(task_id, 0) if task_id is not None else 0
+
+    def record_lost_requeue(self, request: Any, exc: BaseException, exc_info: Any) -> None:
+        """A child died mid-task and Celery requeued the message: a HIGH failure, retried."""
+        from .task import build_failure_event
+
+        try:
+            traceback_text = getattr(exc_info, "traceback", None)
+            self.record(build_failure_event(
+                self, request.task, exc, args=request.args, kwargs=request.kwargs,
+                request=request._context, decision="retry", reason="worker_lost",
+                traceback_text=traceback_text if isinstance(traceback_text, str) else None))
+        except Exception as error:
+            self.report_error("signals", error)
 
     def report_error(self, sink: str, exc: BaseException | None) -> None:
         """Count a failing sink in ``telemetry_guard_telemetry_errors_total``."""

@@ -37,6 +37,8 @@ class GuardedTask(Task):  # type: ignore[misc]
     ``severity`` (overrides the classifier), ``breaker``, ``fallback``, ``routes``.
     """
 
+    #: Reports a child lost mid-task that Celery requeues (no signal tells it).
+    Request = "telemetry_guard.request:GuardedRequest"
     retry_policy: RetryPolicy | None = None
     severity: Severity | str | None = None
     breaker: Any = None

@@ -92,3 +92,14 @@ def hang_once(self: GuardedTask, key: str) -> str:
         client.set(key, os.getpid())
         time.sleep(60)
     return "ran again"
+
+
+@app.task(bind=True, base=GuardedTask, name="prefork.hang_requeued", acks_late=True,
+          reject_on_worker_lost=True)
+def hang_requeued(self: GuardedTask, key: str) -> str:
+    """First delivery publishes its pid and hangs (to be killed); the requeued one succeeds."""
+    client = redis.Redis.from_url(BROKER)
+    if client.incr(key + ":runs") == 1:
+        client.set(key, os.getpid())
+        time.sleep(60)
+    return "ran again"

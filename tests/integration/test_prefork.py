@@ -196,3 +196,20 @@ def test_child_killed_mid_task_with_retry_on_worker_lost_is_recorded_once_and_ru
                  exception="WorkerLostError") == 1
     assert value(samples, "telemetry_guard_task_giveups_total", task="prefork.hang_once",
                  exception="WorkerLostError", severity="high") == 0
+
+
+def test_child_killed_mid_task_with_reject_on_worker_lost_is_recorded_once_and_requeued(
+        prefork: PreforkWorker, producer: Celery, redis_url: str) -> None:
+    """acks_late + reject_on_worker_lost: Celery requeues silently; we record one HIGH retry."""
+    result = producer.send_task("prefork.hang_requeued", args=("hang-requeued",))
+    client = redis.Redis.from_url(redis_url)
+    pid = int(wait_for(lambda: client.get("hang-requeued"), timeout=20))
+    os.kill(pid, signal.SIGKILL)
+    assert result.get(timeout=30) == "ran again"
+    samples = scrape(prefork.port)
+    assert value(samples, "telemetry_guard_task_failures_total", task="prefork.hang_requeued",
+                 exception="WorkerLostError", severity="high") == 1
+    assert value(samples, "telemetry_guard_task_retries_total", task="prefork.hang_requeued",
+                 exception="WorkerLostError") == 1
+    assert value(samples, "telemetry_guard_task_giveups_total", task="prefork.hang_requeued",
+                 exception="WorkerLostError", severity="high") == 0
