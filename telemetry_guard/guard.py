@@ -15,7 +15,7 @@ from .callbacks import ErrorCallback, ErrorCallbacks
 from .classify import Classifier, Severity
 from .config import Settings
 from .dispatch import Dispatcher
-from .events import BreakerChange, FailureEvent
+from .events import BreakerChange, Decision, FailureEvent
 from .http import resilient_request_task
 from .notify import register_notify_task
 from .policy import RetryPolicy, cap_below_horizon
@@ -29,6 +29,7 @@ from .sinks.logging import LogSink
 from .sinks.metrics import BreakerStateCollector, MetricsSink, get_metrics
 from .sinks.sentry import SentrySink
 from .sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink
+from .task import build_failure_event
 
 #: How many recorded task ids a process remembers, to never report one failure twice.
 RECORDED_IDS = 4096
@@ -242,15 +243,16 @@ class TelemetryGuard:
         """How many failures of ``task_id`` this process reported."""
         return self._recorded.get(task_id, 0) if task_id is not None else 0
 
-    def record_lost_requeue(self, request: Any, exc: BaseException, exc_info: Any) -> None:
-        """A child died mid-task and Celery requeued the message: a HIGH failure, retried."""
-        from .task import build_failure_event
-
+    def record_outside_task(self, task: Any, exc: BaseException, *, args: Any, kwargs: Any,
+                            request: Any, einfo: Any, decision: Decision, reason: str,
+                            delay: float | None = None, max_retries: int | None = None) -> None:
+        """Record a failure the task's own thread never saw (a lost child, a hard time
+        limit), from Celery's ``einfo``, in the worker's main process. Never raises."""
         try:
-            traceback_text = getattr(exc_info, "traceback", None)
+            traceback_text = getattr(einfo, "traceback", None)
             self.record(build_failure_event(
-                self, request.task, exc, args=request.args, kwargs=request.kwargs,
-                request=request._context, decision="retry", reason="worker_lost",
+                self, task, exc, args=args, kwargs=kwargs, request=request, decision=decision,
+                delay=delay, reason=reason, max_retries=max_retries,
                 traceback_text=traceback_text if isinstance(traceback_text, str) else None))
         except Exception as error:
             self.report_error("signals", error)

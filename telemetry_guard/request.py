@@ -30,5 +30,7 @@ class GuardedRequest(Request):  # type: ignore[misc]
         if (guard is not None and isinstance(exc, WorkerLostError)
                 and self.task.acks_late and self.task.reject_on_worker_lost
                 and guard.times_recorded(self.id) == before):
-            guard.record_lost_requeue(self, exc, exc_info)
+            guard.record_outside_task(
+                self.task, exc, args=self.args, kwargs=self.kwargs, request=self._context,
+                einfo=exc_info, decision="retry", reason="worker_lost")
         return outcome

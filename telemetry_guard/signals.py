@@ -10,7 +10,7 @@ from celery.exceptions import TimeLimitExceeded
 
 from . import callbacks, exposition
 from .sinks.tracing import inject_headers
-from .task import GuardedTask, build_failure_event
+from .task import GuardedTask
 
 if TYPE_CHECKING:
     from .guard import TelemetryGuard
@@ -66,21 +66,15 @@ class GuardSignals:
                 or getattr(sender, "app", None) is not self.guard.app
                 or self.guard.was_recorded(task_id)):
             return
-        try:
-            request = sender.request
-            if getattr(request, "id", None) != task_id:
-                request = _RequestStub(task_id)
-            reason = ("worker_lost" if isinstance(exception, WorkerLostError)
-                      else "time_limit" if isinstance(exception, TimeLimitExceeded)
-                      else "failed_outside_task")
-            traceback_text = getattr(einfo, "traceback", None)
-            event = build_failure_event(
-                self.guard, sender, exception, args=args, kwargs=kwargs, request=request,
-                decision="give_up", reason=reason, max_retries=None,
-                traceback_text=traceback_text if isinstance(traceback_text, str) else None)
-            self.guard.record(event)
-        except Exception as exc:
-            self.guard.report_error("signals", exc)
+        request = sender.request
+        if getattr(request, "id", None) != task_id:
+            request = _RequestStub(task_id)
+        reason = ("worker_lost" if isinstance(exception, WorkerLostError)
+                  else "time_limit" if isinstance(exception, TimeLimitExceeded)
+                  else "failed_outside_task")
+        self.guard.record_outside_task(
+            sender, exception, args=args, kwargs=kwargs, request=request, einfo=einfo,
+            decision="give_up", reason=reason)
 
     def on_task_retry(self, sender: Any = None, request: Any = None, reason: Any = None,
                       einfo: Any = None, **_: Any) -> None:
@@ -89,17 +83,11 @@ class GuardSignals:
         if (not isinstance(exc, WorkerLostError) or not isinstance(sender, GuardedTask)
                 or getattr(sender, "app", None) is not self.guard.app):
             return
-        try:
-            traceback_text = getattr(einfo, "traceback", None)
-            event = build_failure_event(
-                self.guard, sender, exc, args=getattr(request, "args", ()),
-                kwargs=getattr(request, "kwargs", {}), request=request, decision="retry",
-                delay=float(getattr(reason, "when", 0) or 0), reason="worker_lost",
-                max_retries=getattr(sender, "max_retries", None),
-                traceback_text=traceback_text if isinstance(traceback_text, str) else None)
-            self.guard.record(event)
-        except Exception as error:
-            self.guard.report_error("signals", error)
+        self.guard.record_outside_task(
+            sender, exc, args=getattr(request, "args", ()), kwargs=getattr(request, "kwargs", {}),
+            request=request, einfo=einfo, decision="retry", reason="worker_lost",
+            delay=float(getattr(reason, "when", 0) or 0),
+            max_retries=getattr(sender, "max_retries", None))
 
     # -- worker lifecycle ---------------------------------------------------------------
     def on_worker_init(self, sender: Any = None, **_: Any) -> None:
