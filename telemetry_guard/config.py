@@ -49,6 +49,7 @@ class Settings:
     redis_url: str | None = None
     key_prefix: str = "telemetry_guard:"
     error_log_maxlen: int = 10_000
+    dead_letter_maxlen: int = 100_000
     error_log_buffer: int = 10_000
     error_log_flush_interval: float = 0.2
     default_retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
@@ -63,6 +64,7 @@ class Settings:
     redact_keys: str = DEFAULT_REDACT_KEYS
     max_value_chars: int = 2048
     max_record_bytes: int = 32_768
+    redact_celery_logs: bool = True
     tracing: bool = True
     redelivery_horizon: float | None = None
     breaker_max_wait: float = 3600.0
@@ -125,7 +127,7 @@ def _parse_env(name: str, text: str) -> Any:
 def _coerce(name: str, raw: Any, source: str) -> Any:
     """Check and convert one value, naming where it came from when it is wrong."""
     try:
-        if name in ("error_log_maxlen", "error_log_buffer", "max_label_values",
+        if name in ("error_log_maxlen", "dead_letter_maxlen", "error_log_buffer", "max_label_values",
                     "max_value_chars", "max_record_bytes"):
             value = _whole_number(raw)
             if value <= 0:
@@ -148,7 +150,7 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if name == "redelivery_horizon" and value == 0:
                 raise ValueError("must be > 0 (seconds before the broker redelivers)")
             return value
-        if name == "tracing":
+        if name in ("tracing", "redact_celery_logs"):
             if isinstance(raw, str):
                 return raw.strip().lower() in ("1", "true", "yes", "on")
             return bool(raw)
