@@ -2,9 +2,13 @@
 
 One notification, worker side:
 
-1. Throttle per fingerprint (task name + exception type): ``SET <prefix>notify:throttle:<hash>
-   <token> NX PX <window>``. Losing the race means a mail went out within the window: the
-   occurrence is counted (``INCR <prefix>notify:suppressed:<hash>``, outcome ``throttled``).
+1. Throttle per fingerprint (task name + exception type), severity and recipient list:
+   ``SET <prefix>notify:throttle:<hash> <token> NX PX <window>``. Losing the race means the
+   same mail went out within the window: the occurrence is counted (``INCR
+   <prefix>notify:suppressed:<hash>``, outcome ``throttled``). An escalation (another severity,
+   other recipients) has its own slot, so a HIGH mail never swallows the CRITICAL one. When the
+   throttle's Redis cannot be reached the mail is sent unthrottled (fail open) and
+   ``telemetry_guard_telemetry_errors_total{sink="throttle"}`` counts it.
 2. Send a plain-text mail with ``smtplib``; every header value is stripped of control
    characters, so no task name or message can add a header.
 3. On an SMTP, network or Redis error: release the throttle slot (only if this delivery
@@ -164,11 +168,19 @@ def build_message(payload: Mapping[str, Any], *, sender: str, recipients: Iterab
     return message
 
 
-def fingerprint_hash(payload: Mapping[str, Any]) -> str:
-    """A short stable hash of the payload's fingerprint (task name, exception type)."""
+def fingerprint_hash(payload: Mapping[str, Any], severity: str | None = None,
+                     recipients: Iterable[str] = ()) -> str:
+    """A short stable hash of the payload's fingerprint (task name, exception type).
+
+    With ``severity`` and ``recipients``, the hash of one throttle slot: the same failure
+    escalated to another severity or recipient list is throttled on its own.
+    """
     fingerprint = payload.get("fingerprint") or [payload.get("task_name"),
                                                  payload.get("exception_type")]
-    text = "\x00".join(str(part) for part in fingerprint)
+    parts = [str(part) for part in fingerprint]
+    if severity is not None:
+        parts += ["severity", severity, "to", *sorted(recipients)]
+    text = "\x00".join(parts)
     return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:32]
 
 
@@ -350,20 +362,19 @@ class Notifier:
         """Throttle, then send; returns ``sent``, ``throttled`` or ``failed`` (or retries)."""
         request = task.request
         retries = request.retries or 0
-        fingerprint = fingerprint_hash(payload)
         token = f"{request.id}:{retries}"
         severity = header_text(payload.get("severity") or "unknown", 20).lower()
+        recipients = self.config.recipients_for(severity)
+        fingerprint = fingerprint_hash(payload, severity, recipients)
         try:
-            if not self.throttle.acquire(fingerprint, token):
-                suppressed = self.throttle.suppress(fingerprint)
+            if not recipients:
+                raise ValueError(f"no recipients for severity {severity!r}")
+            throttled, suppressed = self._throttle(payload, severity, fingerprint, token)
+            if throttled:
                 self._count(severity, "throttled")
                 self.log.info("notification.throttled", **self._fields(payload, severity),
                               fingerprint=fingerprint, suppressed=suppressed)
                 return "throttled"
-            suppressed = self.throttle.pending(fingerprint)
-            recipients = self.config.recipients_for(severity)
-            if not recipients:
-                raise ValueError(f"no recipients for severity {severity!r}")
             message = build_message(payload, sender=self.config.sender, recipients=recipients,
                                     suppressed=suppressed, throttle=self.window)
             refused = self.send(message, recipients)
@@ -413,6 +424,19 @@ class Notifier:
             refused = smtp.send_message(message, from_addr=config.sender,
                                         to_addrs=list(recipients))
         return dict(refused)
+
+    def _throttle(self, payload: Mapping[str, Any], severity: str, fingerprint: str,
+                  token: str) -> tuple[bool, int]:
+        """(whether the slot is taken elsewhere, occurrences suppressed); fails open."""
+        try:
+            if not self.throttle.acquire(fingerprint, token):
+                return True, self.throttle.suppress(fingerprint)
+            return False, self.throttle.pending(fingerprint)
+        except redis.RedisError as exc:  # unthrottled beats unsent
+            self.metrics.telemetry_errors.labels("throttle").inc()
+            self.log.warning("notification.throttle_unavailable",
+                             **self._fields(payload, severity), error=type(exc).__name__)
+            return False, 0
 
     def _release(self, fingerprint: str, token: str) -> None:
         try:

@@ -112,7 +112,8 @@ def test_identical_failures_in_the_window_send_one_mail_and_report_the_suppresse
     flood, other = critical_task(celery_app, "t.flood"), critical_task(celery_app, "t.other")
     before = {outcome: notifications(outcome) for outcome in ("sent", "throttled")}
     client = redis.Redis.from_url(redis_url)
-    flood_hash = fingerprint_hash({"fingerprint": ["t.flood", "ValueError"]})
+    flood_hash = fingerprint_hash({"fingerprint": ["t.flood", "ValueError"]}, "critical",
+                                  ["ops@example.com"])
     # Failures queued before the worker starts; the worker drains the task queue first, so
     # all 101 notifications then run back to back, well inside the 2 s window.
     results = [flood.delay(i) for i in range(100)] + [other.delay(100)]
@@ -257,3 +258,62 @@ def test_a_redelivered_notification_still_sends_but_a_new_occurrence_is_throttle
                 for task_id in ("n-1", "n-1", "n-2")]
     assert outcomes == ["sent", "sent", "throttled"]
     assert len(smtp.wait_for(2)) == 2
+
+
+def telemetry_errors(sink: str) -> float:
+    """telemetry_guard_telemetry_errors_total for ``sink`` (0 when absent)."""
+    return REGISTRY.get_sample_value("telemetry_guard_telemetry_errors_total",
+                                     {"sink": sink}) or 0.0
+
+
+def test_critical_mail_goes_out_unthrottled_when_the_guards_redis_is_down(
+        celery_app: Celery, smtp: CapturingSMTPServer) -> None:
+    """The guard's Redis unreachable (broker fine): the CRITICAL mail is sent, not dropped."""
+    app = celery_app
+    app.conf.worker_prefetch_multiplier = 1
+    guard = TelemetryGuard(app, email=smtp.settings(**FAST_RETRIES),
+                           redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    fail = critical_task(app, "t.redis_down")
+    sent, errors = notifications("sent"), telemetry_errors("throttle")
+    with capture_logs() as logs, worker(app, "tests", guard.settings.notification_queue):
+        with pytest.raises(ValueError):
+            fail.delay(1).get(timeout=20)
+        [mail] = smtp.wait_for(1, timeout=15)
+        wait_for(lambda: notifications("sent") - sent == 1)
+        time.sleep(1.0)  # past any retry delay: a second mail would be here by now
+    assert len(smtp.messages) == 1
+    assert mail.message["Subject"] == "[CRITICAL] t.redis_down: ValueError"
+    assert telemetry_errors("throttle") - errors == 1
+    events = [e["event"] for e in logs if e["event"].startswith("notification.")]
+    assert "notification.throttle_unavailable" in events
+    assert "notification.failed" not in events and "notification.retry_scheduled" not in events
+
+
+def test_an_escalation_is_never_throttled_by_a_lower_severity_mail(
+        celery_app: Celery, smtp: CapturingSMTPServer) -> None:
+    """HIGH then CRITICAL of one task and exception: both mailed; a 2nd HIGH is throttled."""
+    guard = TelemetryGuard(celery_app, email=smtp.settings(
+        recipients_by_severity={"critical": ["oncall@example.com"]}),
+        routes={"high": ["email"], "critical": ["email"]})
+    payload = {"task_name": "t.escalate", "exception_type": "KeyError", "message": "m",
+               "time": "2024-01-01T00:00:00+00:00", "attempt": 1, "hostname": "h",
+               "trace_id": None, "traceback": "tb", "fingerprint": ["t.escalate", "KeyError"]}
+    task = guard.notify_task
+    outcomes = [task.apply(args=({**payload, "severity": severity, "task_id": task_id},),
+                           task_id=task_id).get()
+                for task_id, severity in (("e-1", "high"), ("e-2", "critical"),
+                                          ("e-3", "high"), ("e-4", "critical"))]
+    assert outcomes == ["sent", "sent", "throttled", "throttled"]
+    mails = smtp.wait_for(2)
+    assert [(m.message["Subject"], m.rcpt_tos) for m in mails] == [
+        ("[HIGH] t.escalate: KeyError", ["ops@example.com"]),
+        ("[CRITICAL] t.escalate: KeyError", ["oncall@example.com"])]
+
+
+def test_the_throttle_slot_belongs_to_one_severity_and_one_recipient_list() -> None:
+    """Another severity or recipient list is another slot; recipient order does not matter."""
+    payload = {"fingerprint": ["t.x", "KeyError"]}
+    slot = fingerprint_hash(payload, "high", ["a@x", "b@x"])
+    assert slot == fingerprint_hash(payload, "high", ["b@x", "a@x"])
+    assert slot != fingerprint_hash(payload, "critical", ["a@x", "b@x"])
+    assert slot != fingerprint_hash(payload, "high", ["a@x"])
