@@ -127,8 +127,8 @@ def _parse_env(name: str, text: str) -> Any:
 def _coerce(name: str, raw: Any, source: str) -> Any:
     """Check and convert one value, naming where it came from when it is wrong."""
     try:
-        if name in ("error_log_maxlen", "dead_letter_maxlen", "error_log_buffer", "max_label_values",
-                    "max_value_chars", "max_record_bytes"):
+        if name in ("error_log_maxlen", "dead_letter_maxlen", "error_log_buffer",
+                    "max_label_values", "max_value_chars", "max_record_bytes"):
             value = _whole_number(raw)
             if value <= 0:
                 raise ValueError("must be a positive integer")
