@@ -12,6 +12,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from . import breaker
 from .budget import RetryBudget
 from .callbacks import ErrorCallback, ErrorCallbacks
+from .celery_logs import CeleryLogScrubber
 from .classify import Classifier, Severity
 from .config import Settings
 from .dispatch import Dispatcher
@@ -113,6 +114,9 @@ class TelemetryGuard:
                                   if s.tracing else None)
         if previous is not None:
             previous.close()
+        self._celery_log_scrubber = (
+            CeleryLogScrubber(self.traceback_redactor.redact_text).install()
+            if s.redact_celery_logs else None)
         self.signals = GuardSignals(self)
         self.signals.connect()
         self._connect_breakers()
@@ -283,6 +287,8 @@ class TelemetryGuard:
             breaker.set_default_redis_url(None)
         if self._exporter_handler is not None:
             self._exporter_handler.uninstall()
+        if self._celery_log_scrubber is not None:
+            self._celery_log_scrubber.uninstall()
         self.dispatcher.close()
         if getattr(self.app, "_telemetry_guard", None) is self:
             del self.app._telemetry_guard
