@@ -26,7 +26,8 @@ its last word ends with a one-word term of four letters or more (``dbpassword``,
 :meth:`Redactor.redact_text` scrubs free text: PEM private-key blocks (whole), JWTs, well-known
 API key shapes, ``Bearer``/``Basic`` credentials, URL passwords (the userinfo ends at the last
 ``@`` before the host, so passwords may hold ``/`` and ``@``), and ``name=value``,
-``name: value``, ``"name": "value"`` (also with escaped quotes) and ``("name", "value")`` pairs
+``name: value``, ``"name": "value"`` (also with escaped quotes) and ``("name", "value")`` or
+``["name", "value"]`` pairs
 whose name is a secret key; after ``Authorization``, ``Proxy-Authorization``, ``auth`` and
 ``Cookie`` the rest of the line is the value (any scheme: ``Token``, ``Digest``,
 ``AWS4-HMAC-SHA256 ...``). Text is scrubbed before it is cut, never the other way round.
@@ -102,7 +103,7 @@ _TEXT_SOURCE = (
     rf"|(?P<token>(?<![0-9A-Za-z])(?:{_TOKENS})(?![0-9A-Za-z]))"
     r"|(?P<scheme>\b(?i:bearer)\s+|\bBasic\s+(?=[A-Za-z0-9+/]{6}))[\w.~+/-]+=*"
     r"|(?P<url>\b[A-Za-z][\w+.-]{0,30}://[^\s:/?#]*:)[^\s?#]+(?=@{url_end})"
-    rf"|(?P<tuple>\(\s*b?(?P<tq>[\"'])(?P<tname>[\w.-]+)(?P=tq)\s*,\s*)(?P<tvalue>{_QUOTED})"
+    rf"|(?P<tuple>[(\[]\s*b?(?P<tq>[\"'])(?P<tname>[\w.-]+)(?P=tq)\s*,\s*)(?P<tvalue>{_QUOTED})"
     r"|(?P<pair>(?:\\[nrt]|(?<![\w.\\-]))(?P<nq>\\*[\"'])?(?P<name>[A-Za-z_][\w.-]*)"
     r"(?(nq)(?P=nq))[ \t]*[:=][ \t]*)"
     r"(?P<value>(?P<esc>\\+)(?P<eq>[\"'])(?:(?!(?P=esc)(?P=eq)).)*(?:(?P=esc)(?P=eq))?"
