@@ -12,13 +12,14 @@ import importlib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .budget import BudgetConfig
 from .policy import RetryPolicy
-from .redact import DEFAULT_REDACT_KEYS
+from .redact import DEFAULT_REDACT_KEYS, parse_redact_keys
 
 CONF_PREFIX = "telemetry_guard_"
 ENV_PREFIX = "TELEMETRY_GUARD_"
@@ -61,7 +62,7 @@ class Settings:
     metrics_port: int | None = None
     metrics_address: str = "0.0.0.0"
     max_label_values: int = 500
-    redact_keys: str = DEFAULT_REDACT_KEYS
+    redact_keys: tuple[str, ...] | re.Pattern[str] = DEFAULT_REDACT_KEYS
     max_value_chars: int = 2048
     max_record_bytes: int = 32_768
     redact_celery_logs: bool = True
@@ -150,6 +151,12 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if name == "redelivery_horizon" and value == 0:
                 raise ValueError("must be > 0 (seconds before the broker redelivers)")
             return value
+        if name == "redact_keys":  # secret words: a list, "a, b" or a JSON list; "re:..."
+            if raw is None:
+                return DEFAULT_REDACT_KEYS
+            if isinstance(raw, str) and raw.lstrip().startswith("["):
+                raw = json.loads(raw)
+            return parse_redact_keys(raw)
         if name in ("tracing", "redact_celery_logs"):
             if isinstance(raw, str):
                 return raw.strip().lower() in ("1", "true", "yes", "on")

@@ -96,10 +96,10 @@ class TelemetryGuard:
         self.error_callbacks = ErrorCallbacks()
         self.retry_policies: dict[str, RetryPolicy] = {}
         s = self.settings
-        self.redactor = Redactor(key_pattern=s.redact_keys, max_value_chars=s.max_value_chars,
+        self.redactor = Redactor(keys=s.redact_keys, max_value_chars=s.max_value_chars,
                                  max_record_bytes=s.max_record_bytes)
         self.traceback_redactor = Redactor(
-            key_pattern=s.redact_keys, max_value_chars=s.max_value_chars * TRACEBACK_SIZE_FACTOR,
+            keys=s.redact_keys, max_value_chars=s.max_value_chars * TRACEBACK_SIZE_FACTOR,
             max_record_bytes=s.max_record_bytes)
         self.metrics = get_metrics()
         self.notify_task: Any = None

@@ -216,7 +216,7 @@ def build_failure_event(
         exception_type=type(exc).__name__,
         exception_module=type(exc).__module__,
         message=redactor.redact_text(exc),
-        traceback=(guard.traceback_redactor.redact_text(traceback_text)
+        traceback=(guard.traceback_redactor.redact_tail(traceback_text)
                    if traceback_text is not None
                    else guard.traceback_redactor.truncate_head(
                        format_traceback(exc, redactor.redact_text))),

@@ -3,20 +3,26 @@
 The standard library's formatter compiles every source line to place carets
 and stats every file; on a failing task that costs more than the rest of the
 failure path. This one prints the classic layout, keeps the last frames of
-each exception in the chain, and passes exception messages (where secrets
-live; source lines are code, not values) through ``scrub``.
+each exception in the chain, and passes every piece of text it prints —
+exception messages, notes (``add_note``) and source lines (code holds literal
+URLs and keys too) — through ``scrub``, one piece at a time, before anyone cuts
+the result: the guard passes ``Redactor.redact_text``, the scrubber of every
+text it reports.
 """
 
 from __future__ import annotations
 
 import collections
 import linecache
+import sys
 from collections.abc import Callable
 
-from .redact import exception_message
+from .redact import Redactor, exception_message
 
 #: Frames kept from the end of each exception's traceback.
 MAX_FRAMES = 30
+#: Notes (``add_note``) printed per exception.
+MAX_NOTES = 10
 #: Exceptions followed along ``__cause__`` / ``__context__``.
 MAX_CHAIN = 5
 
@@ -24,9 +30,18 @@ _CAUSE = "\nThe above exception was the direct cause of the following exception:
 _CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
 
 
-def format_traceback(exc: BaseException, scrub: Callable[[str], str] = str,
+_DEFAULT_SCRUB: Callable[[str], str] | None = None
+
+
+def format_traceback(exc: BaseException, scrub: Callable[[str], str] | None = None,
                      *, max_frames: int = MAX_FRAMES, max_chain: int = MAX_CHAIN) -> str:
-    """The traceback of ``exc`` and its causes, oldest first; never raises."""
+    """The traceback of ``exc`` and its causes, oldest first, scrubbed; never raises.
+
+    ``scrub`` defaults to a default :class:`Redactor`'s ``redact_text``.
+    """
+    global _DEFAULT_SCRUB
+    if scrub is None:
+        scrub = _DEFAULT_SCRUB = _DEFAULT_SCRUB or Redactor().redact_text
     try:
         chain: list[tuple[BaseException, str]] = []
         seen: set[int] = set()
@@ -68,11 +83,15 @@ def _format_one(exc: BaseException, scrub: Callable[[str], str], max_frames: int
             parts.append(f'  File "{filename}", line {lineno}, in {name}\n')
             line = linecache.getline(filename, lineno).strip()
             if line:
-                parts.append(f"    {line}\n")
-    message = scrub(exception_message(exc))
+                parts.append(f"    {scrub(line)}\n")
+    message = scrub(exception_message(exc, sys.maxsize))
     kind = type(exc)
     module = kind.__module__
     qualname = kind.__qualname__ if module in ("builtins", "__main__") else (
         f"{module}.{kind.__qualname__}")
     parts.append(f"{qualname}: {message}\n" if message else f"{qualname}\n")
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, (list, tuple)):
+        parts.extend(f"{scrub(note if isinstance(note, str) else repr(note))}\n"
+                     for note in notes[:MAX_NOTES])
     return parts

@@ -16,6 +16,7 @@ The Redis and SMTP passwords of the settings never appear in the logs, nor in th
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import shutil
@@ -313,3 +314,138 @@ def test_check_never_prints_the_redis_or_smtp_password(
         assert "Traceback" not in done.stderr
         assert leaks(done.stdout + done.stderr,
                      (REDIS_PASSWORD, SMTP_PASSWORD, redis_password, smtp_password)) == []
+
+
+# -- the shapes real secret scanners know ---------------------------------------------------
+#: Secret values, each placed in a shape a scanner (or an attacker) recognises.
+SHAPE_SECRETS = {
+    "aws": "AKIAQ7Z3W5X2M4N6P8R1",
+    "jwt": ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjYW5hcnktNDQxIiwicm9sZSI6ImFkbWluIn0."
+            "Xq3vT9kL2mN8pR4sW6yZ1aB5cD7eF0gH2jK4lM6nP8q"),
+    "stripe": "sk_live_Q4nW8zT2kL6pR9sX3vB7mC1d",
+    "github": "ghp_Q4nW8zT2kL6pR9sX3vB7mC1dF5gH0jK2lM4n",
+    "slack": "xoxb-2718281828-Q4nW8zT2kL6pR9sX",
+    "google": "AIzaSyQ4nW8zT2kL6pR9sX3vB7mC1dF5gH0jK2l",
+    "pem": "MIIEowIBAAKCAQEAq4nW8zT2kL6pR9sX3vB7mC1dF5gH0jK2lM4nP6qR8sT0uV",
+    "token_scheme": "Q4nW8zT2kL6pR9sX3vB7-token-scheme",
+    "digest": "6629fae49393a05397450978507c4ef1",
+    "aws4_sig": "fe5f80f77d5fa3beca038a248ff027d0445342fe2855ddc963176630326f1024",
+    "url_slash": "pa/ss-Q4nW8zT2kL6",
+    "url_at": "p@ss-R9sX3vB7mC1d",
+    "query_sig": "Q9kd83jf74hd62ks91mx",
+    "query_key": "Q9zp55vb38qw71er26ty",
+    "code": "Q9oauth4f8e2c1a7b3d9",
+    "password": "Q9hunter2-passw0rd-xz",
+    "pwd": "Q9pwd-canary-3k4j5h",
+    "credentials": "Q9cred-canary-8u7y6t",
+    "signing_key": "Q9sign-canary-1q2w3e",
+    "escaped": "Q9escaped-canary-0p9o",
+    "api_key_header": "Q9xapikey-canary-5t6y",
+    "asgi": "Q9asgi-canary-7u8i9o",
+    "long_key": "Q9longkey-canary-2w3e4r",
+    "named": "Q9named-canary-6y7u8i",
+    "note": "Q9note-canary-4r5t6y",
+    "cause": "Q9cause-canary-9i8u7y",
+}
+S = SHAPE_SECRETS
+PEM_BLOCK = f"-----BEGIN RSA PRIVATE KEY-----\n{S['pem']}\n-----END RSA PRIVATE KEY-----"
+SHAPE_MESSAGE = (
+    f"upstream refused: Authorization: Token {S['token_scheme']}\n"
+    f'Proxy-Authorization: Digest username="svc", response="{S["digest"]}"\n'
+    f"Authorization: AWS4-HMAC-SHA256 Credential={S['aws']}/20240101/eu-west-1/s3/aws4_request,"
+    f" SignedHeaders=host, Signature={S['aws4_sig']}\n"
+    f"dsn postgres://app:{S['url_slash']}@db.internal/prod and redis://:{S['url_at']}@cache\n"
+    f"GET https://storage.example/o?key={S['query_key']}&sig={S['query_sig']}&page=2"
+    f" https://idp.example/cb?code={S['code']}&state=ok\n"
+    f"bearer token {S['jwt']} with key {S['stripe']}, {S['github']}, {S['slack']}, "
+    f"{S['google']}\nkey material {PEM_BLOCK}\n"
+    f'body={{\\"password\\": \\"{S["escaped"]}\\"}} login(pwd={S["pwd"]!r})\n'
+    f"as {collections.namedtuple('Login', 'user password')('svc', S['named'])!r}"
+)
+
+
+def _shape_args() -> tuple[tuple[Any, ...], dict[str, Any]]:
+    args = (f"password={S['password']}",
+            [("X-Api-Key", S["api_key_header"]), ("Accept", "application/json")])
+    kwargs = {
+        "pwd": S["pwd"], "credentials": {"user": "svc", "secret": S["credentials"]},
+        "signing_key": S["signing_key"],
+        "scope": {"headers": [(b"authorization", f"Bearer {S['asgi']}".encode())]},
+        "upstream_reporting_service_account_password": S["long_key"],
+        "author_id": 7, "max_tokens": 256, "auth_method": "sso",
+    }
+    return args, kwargs
+
+
+def scanner_findings(texts: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
+    """detect-secrets (every plugin, default filters) over each text, as a file of its own."""
+    from detect_secrets.core.scan import scan_file
+    from detect_secrets.settings import default_settings
+
+    found: dict[str, list[tuple[str, str]]] = {}
+    with default_settings(), tempfile.TemporaryDirectory() as folder:
+        for index, (name, text) in enumerate(texts.items()):
+            path = Path(folder) / f"sink-{index}.txt"
+            path.write_text(text, encoding="utf-8")
+            hits = [(s.type, s.secret_value or "") for s in scan_file(str(path))]
+            if hits:
+                found[name] = hits
+    return found
+
+
+def test_the_scanner_oracle_finds_the_raw_corpus() -> None:
+    """The oracle can fail: detect-secrets finds the unredacted message and arguments."""
+    args, kwargs = _shape_args()
+    found = scanner_findings({"message": SHAPE_MESSAGE, "args": repr((args, kwargs)),
+                              "password": f'password = "{S["password"]}"'})
+    kinds = {kind for hits in found.values() for kind, _ in hits}
+    assert {"AWS Access Key", "JSON Web Token", "Private Key", "Stripe Access Key",
+            "Secret Keyword"} <= kinds, kinds
+
+
+def test_secret_shapes_in_args_kwargs_messages_causes_and_notes_reach_no_sink(
+        secure_app: Celery, password_redis: PasswordRedis, sentry: SentryServer,
+        smtp: CapturingSMTPServer, json_log: io.StringIO, spans: InMemorySpanExporter) -> None:
+    """A real worker, every sink on: detect-secrets finds nothing in what each sink wrote and
+    no secret value appears, except in the dead letter's replay field."""
+    TelemetryGuard(secure_app, sentry_dsn=sentry.dsn,
+                   email=smtp.settings(user=SMTP_USER, password=SMTP_PASSWORD))
+
+    @secure_app.task(bind=True, base=GuardedTask, name="sec.shapes", severity="critical",
+                     retry_policy=RetryPolicy(max_retries=0), shared=False)
+    def shapes(self: GuardedTask, *args: Any, **kwargs: Any) -> None:
+        try:
+            raise ConnectionError(f"first attempt: password={S['cause']} {SHAPE_MESSAGE}")
+        except ConnectionError as cause:
+            error = ValueError(SHAPE_MESSAGE)
+            error.add_note(f"retried with token={S['note']} and pwd={S['note']}")
+            raise error from cause
+
+    args, kwargs = _shape_args()
+    with start_worker(secure_app, pool="solo", perform_ping_check=False, loglevel="WARNING",
+                      shutdown_timeout=10, queues=["tests", NOTIFICATIONS]):
+        result = shapes.apply_async(args=args, kwargs=kwargs)
+        with pytest.raises(ValueError):
+            result.get(timeout=30)
+        mails = smtp.wait_for(1, timeout=30)
+        secure_app._telemetry_guard.flush()
+        wait_for(lambda: len(sentry.events()) >= 1, timeout=10)
+
+    stored = telemetry_redis(password_redis.client(1))
+    replay = {name: v for name, v in stored.items() if name.endswith("/replay")}
+    assert len(replay) == 1  # the one place the arguments are kept
+    texts = {"log": json_log.getvalue(), "spans": "\n".join(span_texts(spans)),
+             "sentry": sentry.raw().decode("utf-8", "replace")
+             if isinstance(sentry.raw(), bytes) else str(sentry.raw()),
+             **{f"mail {i}": m.raw.decode("utf-8", "replace") if isinstance(m.raw, bytes)
+                else str(m.raw) for i, m in enumerate(mails)},
+             **{name: v.decode("utf-8", "replace") for name, v in stored.items()
+                if name not in replay}}
+    assert '"task.failed"' in texts["log"] and "[REDACTED]" in texts["sentry"]
+    assert any(name.startswith("telemetry_guard:errors/") for name in texts)
+    assert "retried with token=[REDACTED]" in texts["sentry"] + texts["log"]
+    assert scanner_findings(texts) == {}
+    leaked = {name: [k for k, v in S.items() if v in text] for name, text in texts.items()}
+    assert {name: found for name, found in leaked.items() if found} == {}
+    errors = next(v for name, v in texts.items() if name.startswith("telemetry_guard:errors/"))
+    assert '"max_tokens": 256' in errors and '"author_id": 7' in errors  # innocent keys kept
