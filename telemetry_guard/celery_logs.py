@@ -40,9 +40,12 @@ class CeleryLogScrubber(logging.Filter):
     """A logger filter: scrubs Celery's failure and retry records; never drops one."""
 
     def __init__(self, scrub: Callable[[str], str],
+                 scrub_traceback: Callable[[str], str] | None = None,
                  loggers: tuple[str, ...] = CELERY_TASK_LOGGERS) -> None:
         super().__init__()
         self.scrub = scrub
+        #: Tracebacks keep their end when they are cut; by default the same as ``scrub``.
+        self.scrub_traceback = scrub_traceback or scrub
         self.loggers = loggers
 
     def install(self) -> CeleryLogScrubber:
@@ -81,9 +84,9 @@ class CeleryLogScrubber(logging.Filter):
             record.data = {key: self._value(value) for key, value in data.items()}
         if record.exc_info:
             text = record.exc_text or _FORMATTER.formatException(record.exc_info)
-            record.exc_text, record.exc_info = self.scrub(text), None
+            record.exc_text, record.exc_info = self.scrub_traceback(text), None
         elif record.exc_text:
-            record.exc_text = self.scrub(record.exc_text)
+            record.exc_text = self.scrub_traceback(record.exc_text)
 
     def _value(self, value: Any) -> Any:
         if value is None or isinstance(value, (bool, int, float)):

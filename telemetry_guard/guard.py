@@ -115,7 +115,8 @@ class TelemetryGuard:
         if previous is not None:
             previous.close()
         self._celery_log_scrubber = (
-            CeleryLogScrubber(self.traceback_redactor.redact_text).install()
+            CeleryLogScrubber(self.traceback_redactor.redact_text,
+                              self.traceback_redactor.redact_tail).install()
             if s.redact_celery_logs else None)
         self.signals = GuardSignals(self)
         self.signals.connect()
