@@ -163,8 +163,9 @@ class TelemetryGuard:
         if s.redis_url:
             sinks.append(ErrorLogSink(
                 s.redis_url, key_prefix=s.key_prefix, maxlen=s.error_log_maxlen,
-                buffer_size=s.error_log_buffer, flush_interval=s.error_log_flush_interval,
-                redactor=self.redactor, report_error=self.report_error))
+                dead_letter_maxlen=s.dead_letter_maxlen, buffer_size=s.error_log_buffer,
+                flush_interval=s.error_log_flush_interval, redactor=self.redactor,
+                report_error=self.report_error, on_evicted=self.dead_letters_evicted))
         return sinks
 
     # -- what GuardedTask asks ----------------------------------------------------------
@@ -261,6 +262,18 @@ class TelemetryGuard:
                 traceback_text=traceback_text if isinstance(traceback_text, str) else None))
         except Exception as error:
             self.report_error("signals", error)
+
+    def dead_letters_evicted(self, task_name: str, count: int) -> None:
+        """Count and log dead letters of ``task_name`` its retention removed. Never raises."""
+        try:
+            self.metrics_sink.dead_letters_evicted(task_name, count)
+        except Exception as exc:
+            self.report_error("metrics", exc)
+        try:
+            self.log.warning("dead_letter.evicted", task_name=task_name, count=count,
+                             dead_letter_maxlen=self.settings.dead_letter_maxlen)
+        except Exception as exc:
+            self.report_error("logging", exc)
 
     def report_error(self, sink: str, exc: BaseException | None) -> None:
         """Count a failing sink in ``telemetry_guard_telemetry_errors_total``."""

@@ -48,6 +48,7 @@ from celery.exceptions import Retry
 
 from .classify import Severity
 from .config import _retry_policy
+from .dead_letters import DEAD_STREAM, add_dead_letter
 from .policy import RetryPolicy
 from .sinks.email import CHANNEL, notification_priority
 
@@ -353,8 +354,9 @@ class Notifier:
             settings.redis_url, key_prefix=settings.key_prefix,
             window=settings.notification_throttle)
         self.window = settings.notification_throttle
-        self.dead_key = settings.key_prefix + "dead"
-        self.dead_maxlen = settings.error_log_maxlen
+        self.dead_key = settings.key_prefix + DEAD_STREAM
+        self.dead_maxlen = settings.dead_letter_maxlen
+        self.dead_letters_evicted = guard.dead_letters_evicted
         self.metrics = guard.metrics
         self.log = guard.log
 
@@ -451,9 +453,11 @@ class Notifier:
             try:
                 record = json.dumps(payload)
                 replay = json.dumps({"task": NOTIFY_TASK_NAME, "args": [payload], "kwargs": {}})
-                self.throttle.client.xadd(self.dead_key, {"record": record, "replay": replay},
-                                          maxlen=self.dead_maxlen, approximate=True)
+                added = add_dead_letter(self.throttle.client, self.dead_key, NOTIFY_TASK_NAME,
+                                        {"record": record, "replay": replay}, self.dead_maxlen)
                 dead_lettered = True
+                if added.evicted:
+                    self.dead_letters_evicted(NOTIFY_TASK_NAME, added.evicted)
             except (redis.RedisError, TypeError, ValueError):
                 pass
         self._count(severity, "failed")

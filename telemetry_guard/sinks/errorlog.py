@@ -3,7 +3,9 @@
 Records are queued in a bounded in-process buffer and written by a background
 thread in batches (one pipelined ``XADD ... MAXLEN ~`` round trip for many
 records), so a failing task never waits on Redis. Given-up tasks also go to
-the dead-letter stream with the original arguments, for replay.
+the dead-letter stream with the original arguments, for replay, in the same
+pipeline: each through a script that keeps its task within its own retention
+(``dead_letter_maxlen``), so one task's give-ups never evict another's.
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ from typing import Any
 import redis
 from kombu.utils.json import dumps as kombu_dumps
 
+from ..dead_letters import DEAD_STREAM, TASK_FIELD, Added, dead_fields, index_key, lua
 from ..events import FailureEvent
 from ..redact import Redactor, safe_repr
 from .base import Sink
 
 ErrorReporter = Callable[[str, "BaseException | None"], None]
+#: Told how many of a task's dead letters its retention removed: ``(task, count)``.
+EvictionReporter = Callable[[str, int], None]
+#: A buffered record: stream key, fields, and the task of a dead letter (None: error log).
+Pending = tuple[str, dict[str, str], "str | None"]
 
 ERRORS_STREAM = "errors"
-DEAD_STREAM = "dead"
 BATCH_SIZE = 500
 MAX_BACKOFF = 5.0
 #: Buffered records that wake the writer at once; fewer wait at most ``batch_interval``.
@@ -37,7 +43,11 @@ EXIT_FLUSH_TIMEOUT = 2.0
 
 
 class ErrorLogSink(Sink):
-    """One JSON record per failure in ``<prefix>errors``; give-ups also in ``<prefix>dead``."""
+    """One JSON record per failure in ``<prefix>errors``; give-ups also in ``<prefix>dead``.
+
+    ``maxlen`` caps the error log (approximately); ``dead_letter_maxlen`` is how many dead
+    letters each task keeps (its oldest go first, reported to ``on_evicted``).
+    """
 
     name = "errorlog"
 
@@ -45,30 +55,34 @@ class ErrorLogSink(Sink):
 
     def __init__(
         self, redis_url: str, *, key_prefix: str = "telemetry_guard:", maxlen: int = 10_000,
-        buffer_size: int = 10_000, flush_interval: float = 0.2,
-        redactor: Redactor | None = None, report_error: ErrorReporter | None = None,
+        dead_letter_maxlen: int = 100_000, buffer_size: int = 10_000,
+        flush_interval: float = 0.2, redactor: Redactor | None = None,
+        report_error: ErrorReporter | None = None, on_evicted: EvictionReporter | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.errors_key = key_prefix + ERRORS_STREAM
         self.dead_key = key_prefix + DEAD_STREAM
         self.maxlen = maxlen
+        self.dead_letter_maxlen = dead_letter_maxlen
         self.buffer_size = buffer_size
         self.flush_interval = flush_interval
         self.batch_interval = min(flush_interval, 0.1)
         self.redactor = redactor or Redactor()
         self._report_error = report_error or (lambda sink, exc: None)
+        self._on_evicted = on_evicted or (lambda task, count: None)
         self._start_process()
 
     def _start_process(self) -> None:
         """(Re)create the per-process state: buffer, lock, thread; called after fork too."""
         self._pid = os.getpid()
-        self._buffer: collections.deque[tuple[str, dict[str, str]]] = collections.deque()
+        self._buffer: collections.deque[Pending] = collections.deque()
         self._cond = threading.Condition()
         self._in_flight = 0
         self._closed = False
         self._flushing = False
         self._thread: threading.Thread | None = None
         self._client: redis.Redis | None = None
+        self._add_dead: Any = None
 
     # -- producer side (the task's thread) ---------------------------------------------
     def on_failure(self, event: FailureEvent) -> None:
@@ -76,10 +90,11 @@ class ErrorLogSink(Sink):
             self._start_process()
         # The event's fields are already redacted: only bound the record's size here.
         record = json.dumps(self.redactor.bound_record(event.as_record()))
-        entries = [(self.errors_key, {"record": record})]
+        entries: list[Pending] = [(self.errors_key, {"record": record}, None)]
         if not event.retried and event.replay is not None:
             entries.append((self.dead_key, {"record": record,
-                                            "replay": _dumps_replay(event.replay)}))
+                                            "replay": _dumps_replay(event.replay)},
+                            event.task_name))
         with self._cond:
             before = len(self._buffer)
             for entry in entries:
@@ -139,14 +154,47 @@ class ErrorLogSink(Sink):
                 self._in_flight = 0
                 self._cond.notify_all()
 
-    def _write(self, batch: list[tuple[str, dict[str, str]]]) -> None:
+    def _write(self, batch: list[Pending]) -> None:
+        """One pipelined round trip for the batch (a lost connection raises: kept, retried).
+
+        A command Redis refuses (a wrong key type, scripting disabled) is counted and the
+        rest of the batch stands; a dead letter whose retention script was refused is
+        still added, untrimmed, so it is never lost.
+        """
         if self._client is None:
             self._client = redis.Redis.from_url(
                 self.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+            self._add_dead = self._client.register_script(lua("dead_letter_add"))
         pipe = self._client.pipeline(transaction=False)
-        for key, fields in batch:
-            pipe.xadd(key, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-        pipe.execute()
+        for key, fields, task in batch:
+            if task is None:
+                pipe.xadd(key, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            else:
+                self._add_dead(keys=[key, index_key(key, task)],
+                               args=[self.dead_letter_maxlen, *dead_fields(task, fields)],
+                               client=pipe)
+        replies = pipe.execute(raise_on_error=False)
+        evicted: dict[str, int] = {}
+        refused: list[Pending] = []
+        for (key, fields, task), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):
+                self._report_error(self.name, reply)
+                if task is not None:
+                    refused.append((key, fields, task))
+            elif task is not None:
+                count = Added.of(reply).evicted
+                if count:
+                    evicted[task] = evicted.get(task, 0) + count
+        if refused:
+            pipe = self._client.pipeline(transaction=False)
+            for key, fields, task in refused:
+                pipe.xadd(key, {**fields, TASK_FIELD: task or ""})  # type: ignore[arg-type]
+            pipe.execute(raise_on_error=False)
+        for task, count in evicted.items():
+            try:
+                self._on_evicted(task, count)
+            except Exception as exc:
+                self._report_error(self.name, exc)
 
     # -- lifecycle ---------------------------------------------------------------------
     def after_fork(self) -> None:

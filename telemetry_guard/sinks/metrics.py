@@ -49,6 +49,10 @@ class Metrics:
         self.telemetry_errors = Counter(
             "telemetry_errors", "Failures inside a telemetry sink (the task was not affected).",
             ["sink"], **kw)
+        self.dead_letters_evicted = Counter(
+            "dead_letters_evicted",
+            "Dead letters removed by their task's retention before anyone replayed them.",
+            ["task"], **kw)
 
 
 _metrics: Metrics | None = None
@@ -112,6 +116,10 @@ class MetricsSink(Sink):
             self.metrics.task_giveups.labels(task, exception, severity).inc()
             if event.reason == "retry_budget_exhausted":
                 self.metrics.retry_budget_exhausted.labels(task).inc()
+
+    def dead_letters_evicted(self, task_name: str, count: int) -> None:
+        """Count ``count`` dead letters of a task removed by its retention."""
+        self.metrics.dead_letters_evicted.labels(self.task_label(task_name)).inc(count)
 
     def on_breaker_change(self, change: BreakerChange) -> None:
         self.metrics.breaker_transitions.labels(

@@ -39,7 +39,8 @@ def children(pid: int) -> set[int]:
 
 
 class PreforkWorker:
-    def __init__(self, broker: str, tmp: Path, max_tasks_per_child: int) -> None:
+    def __init__(self, broker: str, tmp: Path, max_tasks_per_child: int,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.multiproc = tmp / "prom"
         self.multiproc.mkdir()
@@ -47,7 +48,7 @@ class PreforkWorker:
         env = dict(os.environ, TG_TEST_BROKER=broker, PROMETHEUS_MULTIPROC_DIR=str(self.multiproc),
                    TELEMETRY_GUARD_METRICS_PORT=str(self.port),
                    TG_TEST_MAX_TASKS_PER_CHILD=str(max_tasks_per_child),
-                   PYTHONPATH=str(ROOT))
+                   PYTHONPATH=str(ROOT), **(extra_env or {}))
         self.log = (tmp / "worker.log").open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tests.apps.prefork_app", "worker",

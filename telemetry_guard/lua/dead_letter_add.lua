@@ -1,0 +1,19 @@
+-- Add one dead letter and keep its task within its own retention.
+-- KEYS[1] the dead-letter stream; KEYS[2] the task's index (a sorted set of its entry ids,
+-- oldest first). ARGV[1] how many entries the task keeps; ARGV[2..] field, value pairs.
+-- Only this task's oldest entries are removed: another task's dead letters are never touched.
+-- An id in the index whose entry is already gone (replayed, purged) is dropped, not counted.
+-- Returns {the new entry id, how many of this task's entries were evicted}.
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+local score = tonumber(ms) * 1024 + math.min(tonumber(seq), 1023)
+redis.call('ZADD', KEYS[2], string.format('%.0f', score), id)
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[1])
+local evicted = 0
+if over > 0 then
+  local oldest = redis.call('ZPOPMIN', KEYS[2], over)
+  for i = 1, #oldest, 2 do
+    evicted = evicted + redis.call('XDEL', KEYS[1], oldest[i])
+  end
+end
+return {id, evicted}
