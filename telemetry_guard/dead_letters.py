@@ -135,19 +135,22 @@ class DeadLetterClaims:
 
 
 def remove_dead_letters(client: Any, stream_key: str,
-                        entries: list[tuple[str, str | None]]) -> int:
-    """XDEL ``(entry id, task)`` pairs with their index ids and claims; how many were removed."""
+                        entries: list[tuple[str, tuple[str, ...]]]) -> int:
+    """XDEL ``(entry id, tasks)`` pairs, their ids in those tasks' indexes and any claim.
+
+    Returns how many entries were removed.
+    """
     if not entries:
         return 0
     pipe = client.pipeline(transaction=False)
-    for entry_id, task in entries:
+    for entry_id, tasks in entries:
         pipe.xdel(stream_key, entry_id)
-        if task is not None:
+        for task in tasks:
             pipe.zrem(index_key(stream_key, task), entry_id)
         pipe.hdel(claims_key(stream_key), entry_id)
     replies = pipe.execute()
     removed, at = 0, 0
-    for _, task in entries:
+    for _, tasks in entries:
         removed += int(replies[at])
-        at += 3 if task is not None else 2
+        at += 2 + len(tasks)
     return removed

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 
 import pytest
+from celery import Celery
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -225,10 +226,25 @@ def test_entry_time_falls_back_to_the_payload_time_then_the_stream_id() -> None:
 
 
 def test_unparsable_record_is_shown_not_raised() -> None:
-    """A corrupt entry becomes a marker record."""
+    """A corrupt entry becomes a marker record, and its row says it is unreadable."""
     e = Entry("1-0", b"{not json")
-    assert e.record == {"_unparsable": "{not json"}
+    assert e.record == {"_unreadable": "not JSON (JSONDecodeError)"} and not e.readable
     assert not RecordFilter(tasks=("x",)).matches(e.record)
+    assert error_row(e)["message"] == "unreadable record (not JSON (JSONDecodeError))"
+
+
+def test_a_record_nested_fifty_thousand_deep_is_unreadable_not_a_recursion_error() -> None:
+    """json.loads raising RecursionError marks the record; its row prints."""
+    e = Entry("1-0", b"[" * 50_000 + b"]" * 50_000)
+    assert e.record == {"_unreadable": "nested too deep"}
+    assert error_row(e, full=True)["unreadable"] == "unreadable record (nested too deep)"
+
+
+def test_the_entry_id_wins_over_a_record_field_named_id_or_time() -> None:
+    """A record's own ``id``/``time`` are kept as ``record_id``/``record_time``."""
+    row = error_row(entry({**RECORD, "id": "forged", "time": "then"}), full=True)
+    assert (row["id"], row["time"]) == ("1714567890123-0", iso(NOW))
+    assert (row["record_id"], row["record_time"]) == ("forged", "then")
 
 
 def test_count_by_groups_and_sorts_by_count() -> None:
@@ -265,25 +281,75 @@ def test_mask_url_hides_the_password() -> None:
 
 
 # -- dead letters ----------------------------------------------------------------------
-def test_replay_decodes_the_original_message() -> None:
-    """The replay payload gives task, id, arguments and routing, kombu types restored."""
+@pytest.fixture
+def shop() -> Celery:
+    """An app (never connected) that registers shop.charge, routed by ``task_routes``."""
+    app = Celery("shop", broker="memory://", set_as_current=False)
+    app.conf.update(task_default_queue="default",
+                    task_routes={"shop.charge": {"queue": "payments"}})
+    app.task(name="shop.charge")(_charge)
+    app.task(name="telemetry_guard.notify", queue="telemetry_guard.notifications",
+             priority=9)(_notify)
+    return app
+
+
+def _charge(order: int) -> None:
+    """Charge an order."""
+
+
+def _notify(payload: dict[str, object]) -> None:
+    """Send a notification."""
+
+
+def test_replay_decodes_the_original_message(shop: Celery) -> None:
+    """The replay payload gives task, id and arguments, kombu types restored; the queue is
+    the app's routing, never the one stored in the stream, unless --queue says so."""
     when = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
-    replay = Replay.of(entry(RECORD, replay={
+    e = entry(RECORD, replay={
         "task": "shop.charge", "id": "abc", "args": [7, when], "kwargs": {"token": "t0k"},
-        "options": {"queue": "orders", "exchange": "orders", "priority": 3}}))
-    assert replay.replayable
+        "options": {"queue": "admin-queue", "exchange": "admin", "priority": 3}})
+    replay = Replay.of(e)
+    assert replay.replayable and replay.refusal(e, shop) is None
     assert (replay.task, replay.task_id, replay.args, replay.kwargs) == (
         "shop.charge", "abc", [7, when], {"token": "t0k"})
-    assert replay.send_options("notes") == {"queue": "orders", "priority": 3}
+    assert replay.send_options(shop) == {"priority": 3}
+    assert replay.queue_name(shop) == "payments"
+    assert replay.send_options(shop, "manual") == {"queue": "manual", "priority": 3}
+    assert replay.queue_name(shop, "manual") == "manual"
 
 
-def test_notification_dead_letters_replay_on_the_notification_queue() -> None:
-    """notify.py's dead letters carry no options: they go back to the notification queue."""
-    replay = Replay.of(entry({"task_name": "x"}, replay=json.dumps(
-        {"task": "telemetry_guard.notify", "args": [{"task_name": "x"}], "kwargs": {}}).encode()))
-    assert replay.replayable
-    assert replay.send_options("telemetry_guard.notifications") == {
-        "queue": "telemetry_guard.notifications"}
+def test_notification_dead_letters_replay_on_the_notify_tasks_own_queue(shop: Celery) -> None:
+    """notify.py's dead letters go to the notify task's own queue and priority."""
+    e = entry({"task_name": "x"}, replay=json.dumps(
+        {"task": "telemetry_guard.notify", "args": [{"task_name": "x"}], "kwargs": {}}).encode())
+    replay = Replay.of(e)
+    assert replay.refusal(e, shop) is None
+    assert replay.send_options(shop) == {"queue": "telemetry_guard.notifications",
+                                         "priority": 9}
+    assert replay.queue_name(shop) == "telemetry_guard.notifications"
+
+
+@pytest.mark.parametrize(("record", "replay", "refusal"), [
+    (RECORD, {"task": "shop.refund", "id": "abc", "args": [], "kwargs": {}},
+     "task shop.refund is not registered in this app"),
+    ({**RECORD, "task_name": "celery.backend_cleanup"},
+     {"task": "celery.backend_cleanup", "id": "abc", "args": [], "kwargs": {},
+      "options": {"queue": "admin-queue"}},
+     "celery.backend_cleanup is a Celery built-in task: never replayed"),
+    ({**RECORD, "task_name": "shop.refund"},
+     {"task": "shop.charge", "id": "abc", "args": [], "kwargs": {}},
+     "replay names task shop.charge but the record is of task shop.refund"),
+    (RECORD, {"task": "shop.charge", "id": "other", "args": [], "kwargs": {}},
+     "replay names task id other but the record is of abc"),
+])
+def test_a_replay_the_app_does_not_know_or_that_contradicts_its_record_is_refused(
+        shop: Celery, record: dict[str, object], replay: dict[str, object],
+        refusal: str) -> None:
+    """Unregistered tasks, Celery's built-ins and mismatched records are refused with why."""
+    e = entry(record, replay=replay)
+    assert Replay.of(e).refusal(e, shop) == refusal
+    assert dead_row(e, app=shop)["replayable"] == "no"
+    assert dead_row(e, full=True, app=shop)["replay_problem"] == refusal
 
 
 @pytest.mark.parametrize(("replay", "problem"), [

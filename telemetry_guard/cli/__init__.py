@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from .context import CliContext, load_app
+from .output import printable
 
 #: Sub-command modules and the click command each exports.
 SUBCOMMANDS = {
@@ -25,6 +26,14 @@ SUBCOMMANDS = {
 
 class _LazyGroup(click.Group):
     """Imports a sub-command's module only when it is run or listed."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the sub-command; an error's text reaches the terminal printable only."""
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            exc.message = printable(exc.message)
+            raise
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(SUBCOMMANDS)

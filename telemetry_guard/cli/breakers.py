@@ -37,7 +37,7 @@ import redis
 from ..breaker import CircuitBreaker, all_breakers, get_breaker
 from ..breaker.state import CLOSED, FORCED_OPEN, MODES, NORMAL, OPEN
 from .context import EXIT_PROBLEMS, CliContext, UsageError
-from .output import emit, emit_one
+from .output import emit, emit_one, printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -345,7 +345,7 @@ def _exit_on_errors(ctx: click.Context, rows: list[dict[str, Any]]) -> None:
     """A breaker whose state could not be read: say so on stderr, exit status 1."""
     errors = [row for row in rows if row.get("error")]
     for row in errors:
-        click.echo(f"Error: breaker {row['breaker']!r}: {row['error']}", err=True)
+        click.echo(printable(f"Error: breaker {row['breaker']!r}: {row['error']}"), err=True)
     if errors:
         ctx.exit(EXIT_PROBLEMS)
 

@@ -41,6 +41,7 @@ import click
 
 from .breakers import cli_context, json_option, mask_url
 from .context import EXIT_PROBLEMS, UsageError
+from .output import printable
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 #: Seconds any one network probe may take.
@@ -435,9 +436,9 @@ def report(findings: list[Finding], secrets: list[str], *, as_json: bool,
         return
     width = max((len(r["check"] or "") for r in rows), default=0)
     for row in rows:
-        echo(f"{row['status']:<5} {row['check']:<{width}}  {row['detail']}")
+        echo(printable(f"{row['status']:<5} {row['check']:<{width}}  {row['detail']}"))
         if row["fix"] and row["status"] != OK:
-            echo(f"{'':<5} {'':<{width}}  fix: {row['fix']}")
+            echo(printable(f"{'':<5} {'':<{width}}  fix: {row['fix']}"))
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in (OK, WARN, FAIL)}
     echo(f"{len(rows)} checks: {counts[OK]} ok, {counts[WARN]} warn, {counts[FAIL]} fail")
 

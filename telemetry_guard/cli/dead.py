@@ -6,12 +6,23 @@ message (task, id, args, kwargs, queue) as the broker held it, unredacted. Only
 the arguments passed through the app's redactor.
 
 ``replay`` re-sends each message with its original arguments (header
-``telemetry_guard_replay_of`` = the original task id) and removes an entry only once
-the broker has accepted its message.
+``telemetry_guard_replay_of`` = the original task id), at most once:
+
+- only tasks this app registers (never Celery's own ``celery.*`` tasks), and only when
+  the stored message names the same task (and task id) as its record; anything else is
+  refused, kept, and reported with the reason;
+- the queue is the app's routing for the task (``task_routes``, the task's ``queue``
+  option, the default queue), or ``--queue``: never the queue stored in the stream;
+- each entry is claimed atomically in Redis before its message is sent, so of two
+  replays running at once only one sends it; the other reports it ``already replayed``.
+  Once the broker accepted the message the entry is removed; if the send fails the claim
+  is released and the entry stays for a later replay. A replay that dies between sending
+  and removing leaves the claim: the entry stays visible and is never sent again.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,8 +30,9 @@ from typing import Any
 
 import click
 
+from ..dead_letters import Claim, DeadLetterClaims
 from .context import EXIT_PROBLEMS, CliContext, UsageError
-from .output import emit, emit_one
+from .output import emit, emit_one, printable
 from .streams import (
     DEAD_COLUMNS,
     Entry,
@@ -48,6 +60,12 @@ CONNECT_RETRIES = 2
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2,
                         "interval_max": 0.5}
 NOTIFY_TASK = "telemetry_guard.notify"
+#: Task names that are Celery's own (``celery.backend_cleanup``, ``celery.chord_unlock``, ...).
+CELERY_BUILTIN_PREFIX = "celery."
+#: The outcome of an entry another replay sent (or is sending).
+ALREADY_REPLAYED = "already replayed"
+#: Outcomes that need no attention: exit 0.
+DONE_OUTCOMES = ("replayed", ALREADY_REPLAYED)
 
 
 @dataclass(frozen=True)
@@ -90,30 +108,89 @@ class Replay:
 
     @property
     def replayable(self) -> bool:
-        """Whether this message can be sent again."""
+        """Whether this message can be sent again (before asking the app)."""
         return self.problem is None
 
-    def send_options(self, notification_queue: str) -> dict[str, Any]:
-        """``send_task`` routing options: the original queue and priority."""
-        queue = self.options.get("queue")
-        if not queue and self.task == NOTIFY_TASK:
-            queue = notification_queue
+    def refusal(self, entry: Entry, app: Any) -> str | None:
+        """Why ``app`` must not send this message again, or None when it may."""
+        if self.problem is not None:
+            return self.problem
+        task = str(self.task)
+        if task.startswith(CELERY_BUILTIN_PREFIX):
+            return f"{task} is a Celery built-in task: never replayed"
+        if task not in registered_tasks(app):
+            return f"task {task} is not registered in this app"
+        if entry.task is not None and entry.task != task:
+            return f"replay names task {task} but the entry is filed under {entry.task}"
+        if not entry.readable:
+            return "the record is unreadable: cannot check the replay against it"
+        if task == NOTIFY_TASK:
+            return None
+        record = entry.record
+        if record.get("task_name") != task:
+            return (f"replay names task {task} but the record is of task "
+                    f"{record.get('task_name')}")
+        record_id = record.get("task_id")
+        if self.task_id is not None and record_id is not None and record_id != self.task_id:
+            return f"replay names task id {self.task_id} but the record is of {record_id}"
+        return None
+
+    def send_options(self, app: Any, queue: str | None = None) -> dict[str, Any]:
+        """``send_task`` options: ``queue`` when given, else the registered task's own queue
+        (the app's ``task_routes`` and default queue apply as for any ``send_task``), and
+        the task's priority, else the one the message had."""
+        task = registered_tasks(app).get(self.task) if self.task else None
         out: dict[str, Any] = {}
-        if isinstance(queue, str) and queue:
+        own_queue = getattr(task, "queue", None)
+        if queue:
             out["queue"] = queue
-        priority = self.options.get("priority")
-        if isinstance(priority, int) and not isinstance(priority, bool):
+        elif isinstance(own_queue, str) and own_queue:
+            out["queue"] = own_queue
+        priority = getattr(task, "priority", None)
+        if not _is_priority(priority):
+            priority = self.options.get("priority")
+        if _is_priority(priority):
             out["priority"] = priority
         return out
 
+    def queue_name(self, app: Any, queue: str | None = None) -> str | None:
+        """The queue the app routes this message to (what ``send_task`` will do)."""
+        if not self.task:
+            return None
+        try:
+            route = app.amqp.router.route(
+                self.send_options(app, queue), self.task, self.args, self.kwargs,
+                task_type=registered_tasks(app).get(self.task))
+            target = route.get("queue")
+            return str(getattr(target, "name", target)) if target is not None else None
+        except Exception:
+            return queue
 
-def dead_row(entry: Entry, *, full: bool = False) -> dict[str, Any]:
+
+def _is_priority(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255
+
+
+def registered_tasks(app: Any) -> Any:
+    """The app's task registry, with the modules it imports (``imports``, ``include``,
+    autodiscovery) loaded first, as a worker would load them."""
+    if not getattr(app, "_telemetry_guard_tasks_loaded", False):
+        try:
+            app.loader.import_default_modules()
+        except Exception:  # a module that fails to import: its tasks are not registered
+            pass
+        app._telemetry_guard_tasks_loaded = True
+    return app.tasks
+
+
+def dead_row(entry: Entry, *, full: bool = False, app: Any = None) -> dict[str, Any]:
     """A ``dead list`` row: the redacted record, never the replay arguments."""
     row = error_row(entry, full=full)
     replay = Replay.of(entry)
-    row["replayable"] = replay.replayable if full else ("yes" if replay.replayable else "no")
+    problem = replay.problem if app is None else replay.refusal(entry, app)
+    row["replayable"] = problem is None if full else ("yes" if problem is None else "no")
     if full:
-        row["replay_problem"] = replay.problem
+        row["replay_problem"] = problem
     return row
 
 
@@ -142,7 +219,7 @@ def list_dead(ctx: click.Context, tasks: tuple[str, ...], severity: tuple[str, .
     streams, _guard = _open(cli)
     as_json = wants_json(cli, as_json)
     with streams.clear_errors():
-        rows = [dead_row(e, full=as_json)
+        rows = [dead_row(e, full=as_json, app=cli.get_app())
                 for e in streams.scan(streams.dead_key, window, flt, limit=limit)]
     emit(rows, DEAD_COLUMNS, as_json=as_json)
 
@@ -164,10 +241,14 @@ def show_dead(ctx: click.Context, entry_id: str, show_args: bool, as_json: bool)
         raise UsageError(f"no dead letter with id {entry_id} in {streams.dead_key}")
     replay = Replay.of(entry)
     shown = error_row(entry, full=True)
+    app = cli.get_app()
+    problem = replay.refusal(entry, app)
     summary: dict[str, Any] = {"task": replay.task, "id": replay.task_id,
-                               "options": replay.options, "replayable": replay.replayable}
-    if replay.problem:
-        summary["problem"] = replay.problem
+                               "options": replay.options, "replayable": problem is None}
+    if problem:
+        summary["problem"] = problem
+    else:
+        summary["queue"] = replay.queue_name(app)
     if show_args:
         summary.update(args=replay.args, kwargs=replay.kwargs)
     else:
@@ -224,18 +305,23 @@ def _selection_options(func: Any) -> Any:
 @click.option("--all", "everything", is_flag=True, help="Every dead letter (no filter).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="At most this many (oldest first).")
+@click.option("--queue", metavar="NAME", default=None,
+              help="Send to this queue instead of the one the app routes the task to.")
 @_selection_options
 @json_option
 @click.pass_context
 def replay_dead(ctx: click.Context, ids: tuple[str, ...], tasks: tuple[str, ...],
                 severity: tuple[str, ...], min_severity: str | None,
                 exceptions: tuple[str, ...], grep: str | None, since: str | None,
-                until: str | None, everything: bool, limit: int | None, yes: bool,
-                dry_run: bool, as_json: bool) -> None:
+                until: str | None, everything: bool, limit: int | None, queue: str | None,
+                yes: bool, dry_run: bool, as_json: bool) -> None:
     """Send dead letters again with their original arguments, then remove them.
 
-    Select by ID, or by filters (--task X --since 1h), or --all. An entry is removed only
-    after the broker accepted its message; one that cannot be sent is kept (exit 1).
+    Select by ID, or by filters (--task X --since 1h), or --all. Only tasks this app
+    registers are sent, to the queue the app routes them to (or --queue). Each entry is
+    claimed before it is sent, so it is sent at most once even by replays running at
+    once; it is removed after the broker accepted its message. A refused entry or one
+    that cannot be sent is kept (exit 1); one another replay took is `already replayed`.
     """
     cli = cli_context(ctx)
     as_json = wants_json(cli, as_json)
@@ -249,71 +335,114 @@ def replay_dead(ctx: click.Context, ids: tuple[str, ...], tasks: tuple[str, ...]
     with streams.clear_errors():
         entries = _select(streams, ids, flt, window, limit, selectors=selectors or everything)
     redactor = guard.redactor
-    plan = [(entry, Replay.of(entry)) for entry in entries]
-    rows = [{"id": e.id, "task": r.task, "replay_of": r.task_id,
-             "queue": r.send_options(guard.settings.notification_queue).get("queue"),
-             "args": redactor.redact(r.args), "kwargs": redactor.redact(r.kwargs),
-             "outcome": "would send" if r.replayable else f"skip: {r.problem}"}
-            for e, r in plan]
+    app = cli.get_app()
+    plan = [Planned(entry, replay, replay.refusal(entry, app))
+            for entry, replay in ((e, Replay.of(e)) for e in entries)]
+    sendable = sum(p.refusal is None for p in plan)
+    rows = [{"id": p.entry.id, "task": p.replay.task, "replay_of": p.replay.task_id,
+             "queue": p.replay.queue_name(app, queue) if p.refusal is None else None,
+             "args": redactor.redact(p.replay.args), "kwargs": redactor.redact(p.replay.kwargs),
+             "outcome": "would send" if p.refusal is None else f"refused: {p.refusal}"}
+            for p in plan]
     if dry_run or not rows:
         emit(rows, ("id", "task", "replay_of", "queue", "args", "kwargs", "outcome"),
              as_json=as_json)
         if dry_run:
-            click.echo(f"dry run: {sum(r.replayable for _, r in plan)} of {len(plan)} "
-                       "would be sent; nothing sent or removed", err=True)
+            click.echo(f"dry run: {sendable} of {len(plan)} would be sent; nothing sent or "
+                       "removed", err=True)
         return
     if not (as_json or yes):
         emit(rows, ("id", "task", "replay_of", "queue", "args", "kwargs", "outcome"),
              as_json=False)
-    if not _confirm(f"Replay {sum(r.replayable for _, r in plan)} dead letter(s)?", yes):
+    if not _confirm(f"Replay {sendable} dead letter(s)?", yes):
         click.echo("aborted: nothing sent", err=True)
         ctx.exit(EXIT_PROBLEMS)
-    results = _send_all(cli.get_app(), streams, plan, guard.settings.notification_queue)
-    emit(results, ("id", "task", "replay_of", "new_id", "outcome"), as_json=as_json)
-    if any(r["outcome"] != "replayed" for r in results):
+    results = _send_all(app, streams, plan, queue)
+    emit(results, ("id", "task", "replay_of", "queue", "new_id", "outcome"), as_json=as_json)
+    if not all(r["outcome"].startswith(DONE_OUTCOMES) for r in results):
         ctx.exit(EXIT_PROBLEMS)
 
 
-def _send_all(app: Any, streams: GuardStreams, plan: Sequence[tuple[Entry, Replay]],
-              notification_queue: str) -> list[dict[str, Any]]:
-    """Publish each replayable message; XDEL its entry once the broker took it."""
+@dataclass(frozen=True)
+class Planned:
+    """One selected dead letter, its decoded message, and why it is refused (None: sent)."""
+
+    entry: Entry
+    replay: Replay
+    refusal: str | None
+
+
+def _claimed_by(claim: Claim) -> str:
+    other = claim.other or {}
+    at = other.get("at")
+    when = (dt.datetime.fromtimestamp(at, dt.timezone.utc).isoformat(timespec="seconds")
+            .replace("+00:00", "Z") if isinstance(at, (int, float)) else "?")
+    return f"{ALREADY_REPLAYED} (claimed by {other.get('by', '?')} at {when})"
+
+
+def _send_all(app: Any, streams: GuardStreams, plan: Sequence[Planned],
+              queue: str | None) -> list[dict[str, Any]]:
+    """Claim, publish and remove each sendable entry; see the module's docstring."""
     results: list[dict[str, Any]] = []
+    claims = DeadLetterClaims(streams.client, streams.dead_key)
     conn = app.connection_for_write()
     try:
-        if any(r.replayable for _, r in plan):
+        if any(p.refusal is None for p in plan):
             try:
                 conn.ensure_connection(max_retries=CONNECT_RETRIES, interval_start=0.2,
                                        interval_step=0.2, interval_max=0.5, timeout=5)
             except Exception as exc:
                 raise click.ClickException(
-                    f"cannot reach the broker at {mask_url(str(conn.as_uri()))}: {exc}; "
+                    f"cannot reach the broker at {printable(mask_url(str(conn.as_uri())))}: "
+                    f"{printable(str(exc))}; "
                     "nothing sent") from None
-        for entry, replay in plan:
-            row = {"id": entry.id, "task": replay.task, "replay_of": replay.task_id,
-                   "new_id": None}
-            if not replay.replayable:
-                results.append({**row, "outcome": f"skipped: {replay.problem}"})
-                continue
-            try:
-                result = app.send_task(
-                    replay.task, args=replay.args, kwargs=replay.kwargs, connection=conn,
-                    headers={REPLAY_HEADER: replay.task_id}, retry=True,
-                    retry_policy=PUBLISH_RETRY_POLICY, add_to_parent=False,
-                    **replay.send_options(notification_queue))
-            except Exception as exc:
-                results.append({**row, "outcome": f"not sent: {type(exc).__name__}: {exc}"})
-                continue
-            row["new_id"] = result.id
-            try:
-                with streams.clear_errors():
-                    streams.delete(streams.dead_key, [entry.id])
-            except click.ClickException as exc:
-                results.append({**row, "outcome": f"sent, not removed: {exc.message}"})
-                continue
-            results.append({**row, "outcome": "replayed"})
+        for p in plan:
+            results.append(_send_one(app, conn, claims, streams, p, queue))
     finally:
         conn.release()
     return results
+
+
+def _send_one(app: Any, conn: Any, claims: DeadLetterClaims, streams: GuardStreams,
+              planned: Planned, queue: str | None) -> dict[str, Any]:
+    """One entry: refused, already replayed, not sent (claim released), or replayed."""
+    entry, replay = planned.entry, planned.replay
+    row: dict[str, Any] = {"id": entry.id, "task": replay.task, "replay_of": replay.task_id,
+                           "queue": None, "new_id": None}
+    if planned.refusal is not None:
+        return {**row, "outcome": f"refused: {planned.refusal}"}
+    row["queue"] = replay.queue_name(app, queue)
+    try:
+        with streams.clear_errors():
+            claim = claims.claim(entry.id)
+    except click.ClickException as exc:
+        return {**row, "outcome": f"not sent: cannot claim it: {exc.message}"}
+    if claim.outcome == "gone":
+        return {**row, "outcome": ALREADY_REPLAYED}
+    if claim.outcome != "ok":
+        return {**row, "outcome": _claimed_by(claim)}
+    try:
+        result = app.send_task(
+            replay.task, args=replay.args, kwargs=replay.kwargs, connection=conn,
+            headers={REPLAY_HEADER: replay.task_id}, retry=True,
+            retry_policy=PUBLISH_RETRY_POLICY, add_to_parent=False,
+            **replay.send_options(app, queue))
+    except Exception as exc:
+        try:
+            with streams.clear_errors():
+                claims.release(entry.id)
+        except click.ClickException as error:
+            return {**row, "outcome": f"not sent: {type(exc).__name__}: {exc}; the entry "
+                                      f"stays claimed (release failed: {error.message})"}
+        return {**row, "outcome": f"not sent: {type(exc).__name__}: {exc}"}
+    row["new_id"] = result.id
+    try:
+        with streams.clear_errors():
+            claims.sent(entry.id, str(replay.task))
+    except click.ClickException as exc:
+        return {**row, "outcome": f"sent, not removed (stays claimed, never sent again): "
+                                  f"{exc.message}"}
+    return {**row, "outcome": "replayed"}
 
 
 @dead.command("purge")
@@ -340,7 +469,7 @@ def purge_dead(ctx: click.Context, ids: tuple[str, ...], tasks: tuple[str, ...],
     streams, _guard = _open(cli)
     with streams.clear_errors():
         entries = _select(streams, ids, flt, window, None, selectors=selectors or everything)
-    rows = [dead_row(e, full=as_json) for e in entries]
+    rows = [dead_row(e, full=as_json, app=cli.get_app()) for e in entries]
     if dry_run or not rows:
         emit(rows, DEAD_COLUMNS, as_json=as_json)
         if dry_run:
@@ -352,7 +481,7 @@ def purge_dead(ctx: click.Context, ids: tuple[str, ...], tasks: tuple[str, ...],
         click.echo("aborted: nothing removed", err=True)
         ctx.exit(EXIT_PROBLEMS)
     with streams.clear_errors():
-        removed = streams.delete(streams.dead_key, [e.id for e in entries])
+        removed = streams.delete_dead(entries)
     if as_json:
         emit([{"removed": removed}], ("removed",), as_json=True)
     else:

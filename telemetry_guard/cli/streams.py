@@ -24,7 +24,9 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 
 from ..classify import Severity
+from ..dead_letters import TASK_FIELD, remove_dead_letters
 from .context import CliContext, UsageError
+from .output import cell_text, printable
 
 #: Severity labels, lowest first.
 SEVERITIES: tuple[str, ...] = tuple(s.label for s in sorted(Severity))
@@ -152,24 +154,40 @@ def next_id(entry_id: str) -> str | None:
 # -- entries and filters ---------------------------------------------------------------
 @dataclass
 class Entry:
-    """One stream entry: its ID, the raw ``record`` bytes, and ``replay`` when present."""
+    """One stream entry: its ID, the raw ``record`` bytes, and ``replay`` when present.
+
+    ``task`` is the dead letter's own ``task`` field: the task whose retention it counts
+    against (None on entries written before that field, and on the error log).
+    """
 
     id: str
     raw: bytes
     replay_raw: bytes | None = None
+    task: str | None = None
     _record: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def record(self) -> dict[str, Any]:
-        """The parsed record (redacted when written); a marker for a corrupt one."""
+        """The parsed record (redacted when written); an ``_unreadable`` marker for a bad one.
+
+        Anything that is not a JSON object, or that cannot be parsed at all (invalid, or
+        nested deeper than the parser goes), is marked with the reason, never raised.
+        """
         if self._record is None:
+            reason = "not a JSON object"
             try:
                 value = json.loads(self.raw)
-            except ValueError:
-                value = None
-            self._record = value if isinstance(value, dict) else {
-                "_unparsable": self.raw[:200].decode("utf-8", "replace")}
+            except RecursionError:
+                value, reason = None, "nested too deep"
+            except Exception as exc:
+                value, reason = None, f"not JSON ({type(exc).__name__})"
+            self._record = value if isinstance(value, dict) else {"_unreadable": reason}
         return self._record
+
+    @property
+    def readable(self) -> bool:
+        """Whether the record parsed as a JSON object."""
+        return "_unreadable" not in self.record
 
     @property
     def timestamp(self) -> float:
@@ -191,9 +209,11 @@ def decode_entries(items: Iterable[tuple[Any, Mapping[Any, Any]]]) -> list[Entry
     out = []
     for entry_id, fields in items:
         raw = fields.get(b"record", b"")
+        task = fields.get(TASK_FIELD.encode())
         out.append(Entry(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
                          raw if isinstance(raw, bytes) else str(raw).encode(),
-                         fields.get(b"replay")))
+                         fields.get(b"replay"),
+                         task.decode("utf-8", "replace") if isinstance(task, bytes) else None))
     return out
 
 
@@ -302,16 +322,26 @@ class RecordFilter:
 
 # -- rows ------------------------------------------------------------------------------
 def error_row(entry: Entry, *, full: bool = False) -> dict[str, Any]:
-    """A table row of an error-log entry; with ``full``, id, time and the whole record (JSON)."""
+    """A table row of an error-log entry; with ``full``, id, time and the whole record (JSON).
+
+    The entry's own ``id`` and ``time`` always win: a record's fields of those names are
+    shown as ``record_id`` and ``record_time``. An unreadable record is a row that says so.
+    """
     record = entry.record
-    row = {"id": entry.id, "time": iso(entry.timestamp)}
+    when = iso(entry.timestamp)
+    if not entry.readable:
+        message = f"unreadable record ({record['_unreadable']})"
+        if full:
+            return {"id": entry.id, "time": when, "unreadable": message}
+        return {"id": entry.id, "time": when, "task": None, "severity": None,
+                "exception": None, "decision": None, "message": message}
     if full:
-        row.update(record)
+        row = {(f"record_{k}" if k in ("id", "time") else k): v for k, v in record.items()}
+        row.update(id=entry.id, time=when)
         return row
-    row.update(task=record.get("task_name"), severity=record.get("severity"),
-               exception=record.get("exception_type"), decision=record.get("decision"),
-               message=record.get("message"))
-    return row
+    return {"id": entry.id, "time": when, "task": record.get("task_name"),
+            "severity": record.get("severity"), "exception": record.get("exception_type"),
+            "decision": record.get("decision"), "message": record.get("message")}
 
 
 class FailureCounts:
@@ -362,8 +392,10 @@ def line_for(row: Mapping[str, Any], widths: Mapping[str, int]) -> str:
     """One fixed-width line of ``row`` (for output that streams, such as ``errors tail``)."""
     cells = []
     for column, width in widths.items():
-        value = row.get(column)
-        text = "-" if value is None else str(value).replace("\n", " ")
+        try:
+            text = cell_text(row.get(column))
+        except (RecursionError, ValueError, TypeError):
+            text = "<unreadable>"
         cells.append(text[: width - 1] + "…" if len(text) > width else text.ljust(width))
     return "  ".join(cells).rstrip()
 
@@ -614,10 +646,12 @@ class GuardStreams:
         try:
             yield
         except redis.ResponseError as exc:
-            raise click.ClickException(f"Redis refused the request: {exc}") from None
+            raise click.ClickException(
+                f"Redis refused the request: {printable(str(exc))}") from None
         except redis.RedisError as exc:
             raise click.ClickException(
-                f"cannot reach Redis at {mask_url(self.redis_url)}: {exc}") from None
+                f"cannot reach Redis at {printable(mask_url(self.redis_url))}: "
+                f"{printable(str(exc))}") from None
 
     def get(self, key: str, entry_id: str) -> Entry | None:
         """The entry with this ID, or None."""
@@ -649,6 +683,27 @@ class GuardStreams:
         for start in range(0, len(entry_ids), PAGE):
             removed += int(self.client.xdel(key, *entry_ids[start:start + PAGE]))
         return removed
+
+    def delete_dead(self, entries: Sequence[Entry]) -> int:
+        """Remove dead letters with their ids in their tasks' indexes and any replay claim."""
+        removed = 0
+        for start in range(0, len(entries), PAGE):
+            removed += remove_dead_letters(
+                self.client, self.dead_key,
+                [(e.id, index_tasks(e)) for e in entries[start:start + PAGE]])
+        return removed
+
+
+def index_tasks(entry: Entry) -> tuple[str, ...]:
+    """The tasks whose retention index may hold a dead letter's id (its own field first)."""
+    names = [entry.task, entry.record.get("task_name")]
+    if entry.replay_raw:
+        try:
+            replay = json.loads(entry.replay_raw)
+            names.append(replay.get("task") if isinstance(replay, dict) else None)
+        except Exception:
+            pass
+    return tuple(dict.fromkeys(n for n in names if isinstance(n, str) and n))
 
 
 # -- shared click options --------------------------------------------------------------

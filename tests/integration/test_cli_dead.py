@@ -245,14 +245,26 @@ def test_notification_and_unreplayable_dead_letters(fleet: Fleet) -> None:
         {"task": "telemetry_guard.notify", "args": [payload], "kwargs": {}})}).decode()
     broken_id = fleet.client.xadd(DEAD, {"record": json.dumps(payload), "replay": json.dumps(
         {"task": "cli.report", "id": "x", "replayable": False, "repr": "<Opaque>"})}).decode()
-    dry = fleet.invoke("--json", "dead", "replay", notify_id, "--dry-run")
+    unknown = fleet.invoke("--json", "dead", "replay", notify_id, "--dry-run")
+    [row] = json_lines(unknown.stdout)  # the app sends no mail: it has no notify task
+    assert row["outcome"] == "refused: task telemetry_guard.notify is not registered in this app"
+    mailer = Celery("mailer", broker=fleet.url, set_as_current=False)
+    mailer.conf.update(telemetry_guard_tracing=False, telemetry_guard_email={
+        "host": "127.0.0.1", "port": free_port(), "sender": "tg@example.com",
+        "recipients": ["ops@example.com"]})
+    try:
+        dry = fleet.invoke("--json", "dead", "replay", notify_id, "--dry-run", app=mailer)
+        listed = {r["id"]: r for r in json_lines(
+            fleet.invoke("--json", "dead", "list", app=mailer).stdout)}
+    finally:
+        mailer._telemetry_guard.close()
     [row] = json_lines(dry.stdout)
-    assert (row["task"], row["queue"]) == ("telemetry_guard.notify",
-                                           "telemetry_guard.notifications")
-    listed = {r["id"]: r for r in json_lines(fleet.invoke("--json", "dead", "list").stdout)}
+    assert (row["task"], row["queue"], row["outcome"]) == (
+        "telemetry_guard.notify", "telemetry_guard.notifications", "would send")
     assert listed[notify_id]["replayable"] and not listed[broken_id]["replayable"]
     skipped = fleet.invoke("--json", "dead", "replay", broken_id, "--yes")
     assert skipped.exit_code == 1
-    assert json_lines(skipped.stdout)[0]["outcome"].startswith("skipped")
+    assert json_lines(skipped.stdout)[0]["outcome"] == (
+        "refused: arguments could not be stored")
     assert fleet.exists(broken_id)
     fleet.client.xdel(DEAD, notify_id, broken_id)
