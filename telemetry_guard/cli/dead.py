@@ -186,6 +186,8 @@ def registered_tasks(app: Any) -> Any:
 def dead_row(entry: Entry, *, full: bool = False, app: Any = None) -> dict[str, Any]:
     """A ``dead list`` row: the redacted record, never the replay arguments."""
     row = error_row(entry, full=full)
+    if not full and not entry.readable:  # dead list has no message column: say it here
+        row["task"] = row["message"]
     replay = Replay.of(entry)
     problem = replay.problem if app is None else replay.refusal(entry, app)
     row["replayable"] = problem is None if full else ("yes" if problem is None else "no")

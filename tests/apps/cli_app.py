@@ -8,6 +8,8 @@ Its tasks fail on purpose, with known severities:
   ``kind="ledger"`` raises ``LedgerCorrupt`` (classified HIGH); never retried.
 - ``cli.report(n)``: task option ``severity=HIGH``, raises ``ValueError``.
 - ``cli.cleanup(n)``: task option ``severity=LOW``, raises ``ValueError``.
+- ``cli.archive(n)``: raises ``ValueError``; ``task_routes`` sends it to ``cli-archive``
+  (no worker consumes that queue), so a replay's queue can be seen on the broker.
 - ``cli.sync(account, password=...)``: fails while the Redis key ``cli:sync:broken`` is set,
   so the test can flip it and replay; on success it appends JSON ``{"account": ...,
   "replay_of": <header telemetry_guard_replay_of>}`` to the list ``cli:sync:done``.
@@ -38,6 +40,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     task_ignore_result=True,
     telemetry_guard_error_log_flush_interval=0.05,
+    task_routes={"cli.archive": {"queue": "cli-archive"}},
 )
 guard = TelemetryGuard(app, tracing=False)
 
@@ -74,6 +77,12 @@ def report(self: GuardedTask, n: int) -> None:
 def cleanup(self: GuardedTask, n: int) -> None:
     """Always fails; LOW through the task option."""
     raise ValueError(f"cleanup {n} found a locked file")
+
+
+@app.task(bind=True, base=GuardedTask, name="cli.archive", retry_policy=NO_RETRY)
+def archive(self: GuardedTask, n: int) -> None:
+    """Always fails; routed to ``cli-archive`` by the app's ``task_routes``."""
+    raise ValueError(f"archive {n} is read-only")
 
 
 @app.task(bind=True, base=GuardedTask, name="cli.sync", retry_policy=NO_RETRY)

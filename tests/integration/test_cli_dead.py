@@ -6,8 +6,10 @@ failing while a Redis key is set, so a test can flip it and replay the task for 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -268,3 +270,237 @@ def test_notification_and_unreplayable_dead_letters(fleet: Fleet) -> None:
         "refused: arguments could not be stored")
     assert fleet.exists(broken_id)
     fleet.client.xdel(DEAD, notify_id, broken_id)
+
+
+# -- replay: at most once, only what the app knows -------------------------------------
+def empty_dead_letters(fleet: Fleet) -> None:
+    """Start from no dead letters (and no per-task indexes or claims)."""
+    fleet.client.delete(DEAD, *fleet.client.keys("{telemetry_guard:dead}:*"))
+
+
+def synced_accounts(fleet: Fleet) -> list[str]:
+    return [json.loads(v)["account"] for v in fleet.client.lrange(DONE_KEY, 0, -1)]
+
+
+def spawn(fleet: Fleet, *argv: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([TELEMETRY_GUARD, *argv], cwd=ROOT, env=fleet.env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def wait_for_prompt(proc: subprocess.Popen[bytes], timeout: float = 30) -> bytes:
+    """Read stderr until the confirmation question shows (the process has chosen its entries)."""
+    assert proc.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while b"dead letter(s)?" not in seen:
+        assert time.monotonic() < deadline and proc.poll() is None, seen
+        ready, _, _ = select.select([proc.stderr], [], [], 0.1)
+        if ready:
+            seen += os.read(proc.stderr.fileno(), 4096)
+    return seen
+
+
+def outcomes(stdout: bytes) -> dict[str, str]:
+    return {row["id"]: row["outcome"] for row in json_lines(stdout.decode())}
+
+
+def test_two_replays_that_chose_the_same_entries_send_each_exactly_once(fleet: Fleet) -> None:
+    """Both replays selected every entry; each entry runs once, the loser says already replayed."""
+    empty_dead_letters(fleet)
+    fleet.client.delete(DONE_KEY)
+    entries = [fleet.dead_letter("cli.sync", f"acct-twice-{n}")[1] for n in range(12)]
+    fleet.client.delete(BROKEN_KEY)
+    replays = [spawn(fleet, *APP, "--json", "dead", "replay", "--all") for _ in range(2)]
+    for proc in replays:
+        wait_for_prompt(proc)  # both have read the stream before either sends
+    for proc in replays:
+        assert proc.stdin is not None
+        proc.stdin.write(b"y\n")
+        proc.stdin.flush()
+    done = [proc.communicate(timeout=60) for proc in replays]
+    assert [proc.returncode for proc in replays] == [0, 0], [err for _, err in done]
+    first, second = (outcomes(out) for out, _ in done)
+    assert set(first) == set(second) == set(entries)
+    for entry_id in entries:
+        pair = sorted([first[entry_id], second[entry_id]])
+        assert pair[1] == "replayed" and pair[0].startswith("already replayed"), pair
+    wait_for(lambda: len(synced_accounts(fleet)) >= len(entries), timeout=20)
+    time.sleep(1.0)  # a second copy of any message would run by now
+    assert sorted(synced_accounts(fleet)) == sorted(f"acct-twice-{n}" for n in range(12))
+    assert not any(fleet.exists(e) for e in entries)
+    assert fleet.client.hlen("{telemetry_guard:dead}:claims") == 0
+    assert fleet.client.zcard("{telemetry_guard:dead}:index:cli.sync") == 0
+
+
+def test_two_replay_all_yes_at_once_run_every_dead_letter_once(fleet: Fleet) -> None:
+    """`dead replay --all --yes` twice at once: every task runs once; no row is sent twice."""
+    empty_dead_letters(fleet)
+    fleet.client.delete(DONE_KEY)
+    entries = [fleet.dead_letter("cli.sync", f"acct-yes-{n}")[1] for n in range(20)]
+    fleet.client.delete(BROKEN_KEY)
+    replays = [spawn(fleet, *APP, "--json", "dead", "replay", "--all", "--yes")
+               for _ in range(2)]
+    done = [proc.communicate(timeout=60) for proc in replays]
+    assert [proc.returncode for proc in replays] == [0, 0], [err for _, err in done]
+    rows = [outcomes(out) for out, _ in done]
+    replayed = [e for r in rows for e, outcome in r.items() if outcome == "replayed"]
+    assert sorted(replayed) == sorted(entries)
+    assert all(o == "replayed" or o.startswith("already replayed")
+               for r in rows for o in r.values())
+    wait_for(lambda: len(synced_accounts(fleet)) >= len(entries), timeout=20)
+    time.sleep(1.0)
+    assert sorted(synced_accounts(fleet)) == sorted(f"acct-yes-{n}" for n in range(20))
+
+
+def forge(fleet: Fleet, record: dict[str, Any], replay: dict[str, Any]) -> str:
+    """An entry written straight into the dead-letter stream (anyone with Redis access can)."""
+    return str(fleet.client.xadd(DEAD, {"record": json.dumps(record),
+                                        "replay": json.dumps(replay)}).decode())
+
+
+def test_forged_dead_letters_are_refused_kept_and_say_why(fleet: Fleet) -> None:
+    """Celery's built-ins, unregistered tasks and mismatched records: not sent, kept, exit 1."""
+    empty_dead_letters(fleet)
+    forged = {
+        forge(fleet, {"task_name": "celery.backend_cleanup", "task_id": "f1"},
+              {"task": "celery.backend_cleanup", "id": "f1", "args": [], "kwargs": {},
+               "options": {"queue": "admin-queue"}}):
+            "refused: celery.backend_cleanup is a Celery built-in task: never replayed",
+        forge(fleet, {"task_name": "cli.drop_tables", "task_id": "f2"},
+              {"task": "cli.drop_tables", "id": "f2", "args": [], "kwargs": {},
+               "options": {"queue": "admin-queue"}}):
+            "refused: task cli.drop_tables is not registered in this app",
+        forge(fleet, {"task_name": "cli.report", "task_id": "f3"},
+              {"task": "cli.sync", "id": "f3", "args": ["x"], "kwargs": {}}):
+            "refused: replay names task cli.sync but the record is of task cli.report",
+    }
+    done = fleet.run(*APP, "--json", "dead", "replay", "--all", "--yes")
+    assert done.returncode == 1, done.stderr
+    assert {r["id"]: r["outcome"] for r in json_lines(done.stdout)} == forged
+    table = fleet.run(*APP, "dead", "replay", *forged, "--dry-run")
+    assert "Celery built-in task" in table.stdout and "not registered" in table.stdout
+    assert all(fleet.exists(e) for e in forged)
+    time.sleep(0.5)
+    assert fleet.client.llen("admin-queue") == 0 and fleet.client.llen("celery") == 0
+    empty_dead_letters(fleet)
+
+
+def test_the_queue_comes_from_the_apps_routing_or_from_queue_never_from_the_stream(
+        fleet: Fleet) -> None:
+    """A stored `admin-queue` is ignored: task_routes says cli-archive; --queue overrides it."""
+    empty_dead_letters(fleet)
+    fleet.client.delete("admin-queue", "cli-archive", "cli-manual")
+    routed = forge(fleet, {"task_name": "cli.archive", "task_id": "a1"},
+                   {"task": "cli.archive", "id": "a1", "args": [1], "kwargs": {},
+                    "options": {"queue": "admin-queue"}})
+    manual = forge(fleet, {"task_name": "cli.archive", "task_id": "a2"},
+                   {"task": "cli.archive", "id": "a2", "args": [2], "kwargs": {},
+                    "options": {"queue": "admin-queue"}})
+    dry = fleet.run(*APP, "--json", "dead", "replay", routed, "--dry-run")
+    assert [r["queue"] for r in json_lines(dry.stdout)] == ["cli-archive"]
+    first = fleet.run(*APP, "--json", "dead", "replay", routed, "--yes")
+    second = fleet.run(*APP, "--json", "dead", "replay", manual, "--queue", "cli-manual",
+                       "--yes")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert [(r["queue"], r["outcome"]) for r in json_lines(first.stdout)] == [
+        ("cli-archive", "replayed")]
+    assert [(r["queue"], r["outcome"]) for r in json_lines(second.stdout)] == [
+        ("cli-manual", "replayed")]
+    assert fleet.client.llen("cli-archive") == 1 and fleet.client.llen("cli-manual") == 1
+    assert fleet.client.llen("admin-queue") == 0
+    assert [json.loads(m)["headers"]["task"] for m in fleet.client.lrange("cli-archive", 0, -1)
+            ] == ["cli.archive"]
+    fleet.client.delete("cli-archive", "cli-manual")
+
+
+# -- hostile records: entry ids win, unreadable rows, no raw control characters ---------
+DEEP = b"[" * 50_000 + b"]" * 50_000
+HOSTILE = "\x1b[2J\x1b]52;c;ZXZpbA==\x07\rforged\u202eevil\x9b31m"
+
+
+def test_a_records_own_id_never_overwrites_the_entry_id_in_json_rows(fleet: Fleet) -> None:
+    """`dead list --json` and `errors list --json`: `id` is the entry's; the record's is kept."""
+    empty_dead_letters(fleet)
+    dead_id = forge(fleet, {"task_name": "cli.report", "task_id": "j1", "id": "forged"},
+                    {"task": "cli.report", "id": "j1", "args": [1], "kwargs": {}})
+    error_id = fleet.client.xadd(ERRORS, {"record": json.dumps(
+        {"task_name": "cli.report", "id": "forged", "time": "never"})}).decode()
+    dead_rows = json_lines(fleet.run(*APP, "--json", "dead", "list").stdout)
+    error_rows = json_lines(fleet.run(*APP, "errors", "list", "--json", "--limit", "5").stdout)
+    assert [(r["id"], r["record_id"]) for r in dead_rows] == [(dead_id, "forged")]
+    [row] = [r for r in error_rows if r.get("record_id") == "forged"]
+    assert row["id"] == error_id and row["record_time"] == "never"
+    shown = json_lines(fleet.run(*APP, "dead", "show", dead_id, "--json").stdout)
+    assert shown[0]["id"] == dead_id
+    fleet.client.xdel(ERRORS, error_id)
+    empty_dead_letters(fleet)
+
+
+def test_a_record_nested_fifty_thousand_deep_is_listed_as_unreadable_and_the_rest_print(
+        fleet: Fleet) -> None:
+    """errors list/show/tail and dead list/show: the deep record is one unreadable row."""
+    empty_dead_letters(fleet)
+    since = dt.datetime.fromtimestamp(time.time() - 0.5, dt.timezone.utc).isoformat()
+    good = fleet.client.xadd(ERRORS, {"record": json.dumps(
+        {"task_name": "cli.report", "message": "the readable one", "severity": "high"})})
+    deep = fleet.client.xadd(ERRORS, {"record": DEEP}).decode()
+    deep_object = fleet.client.xadd(ERRORS, {"record": b'{"a": ' + DEEP + b"}"}).decode()
+    try:
+        dead_deep = fleet.client.xadd(DEAD, {"record": DEEP, "replay": DEEP}).decode()
+        dead_good = forge(fleet, {"task_name": "cli.report", "message": "readable dead"},
+                          {"task": "cli.report", "args": [1], "kwargs": {}})
+        runs = {
+            "errors list": fleet.run(*APP, "errors", "list", "--since", since),
+            "errors list --json": fleet.run(*APP, "errors", "list", "--since", since,
+                                            "--json"),
+            "errors show": fleet.run(*APP, "errors", "show", deep),
+            "errors tail": fleet.run(*APP, "errors", "tail", "--since", since, "--count", "3",
+                                     "--timeout", "5"),
+            "dead list": fleet.run(*APP, "dead", "list"),
+            "dead list --json": fleet.run(*APP, "dead", "list", "--json"),
+            "dead show": fleet.run(*APP, "dead", "show", dead_deep),
+        }
+        for name, done in runs.items():
+            assert done.returncode == 0, (name, done.stderr)
+            assert "Traceback" not in done.stderr and "RecursionError" not in done.stderr
+            assert "unreadable record (nested too deep)" in done.stdout, (name, done.stdout)
+        for name in ("errors list", "errors list --json", "errors tail"):
+            assert "the readable one" in runs[name].stdout, name
+        assert "readable dead" in runs["dead list --json"].stdout
+        assert dead_good in runs["dead list"].stdout and dead_deep in runs["dead list"].stdout
+        rows = {r["id"]: r for r in json_lines(runs["errors list --json"].stdout)}
+        assert rows[deep]["unreadable"] == rows[deep_object]["unreadable"]
+    finally:
+        fleet.client.xdel(ERRORS, good, deep, deep_object)
+        empty_dead_letters(fleet)
+
+
+def test_escape_sequences_in_exception_text_never_reach_the_terminal_raw(fleet: Fleet) -> None:
+    """Clear screen, OSC 52, \\r, C1 and bidi controls are shown escaped; --json escapes them."""
+    empty_dead_letters(fleet)
+    _, entry_id = fleet.dead_letter("cli.charge", HOSTILE, "declined")
+    [error_id] = [e.decode() for e, f in fleet.client.xrange(ERRORS)
+                  if json.loads(f[b"record"]).get("task_id") == json.loads(
+                      fleet.client.xrange(DEAD, entry_id, entry_id)[0][1][b"record"])["task_id"]]
+    record = json.loads(fleet.client.xrange(ERRORS, error_id, error_id)[0][1][b"record"])
+    assert "\x1b[2J" in record["message"]  # stored as the task raised it
+    argvs = [
+        ("errors", "list", "--since", "5m"), ("errors", "list", "--since", "5m", "--json"),
+        ("errors", "show", error_id), ("errors", "show", error_id, "--json"),
+        ("errors", "tail", "--since", "5m", "--count", "50", "--timeout", "3"),
+        ("errors", "tail", "--since", "5m", "--count", "50", "--timeout", "3", "--json"),
+        ("dead", "list"), ("dead", "list", "--json"), ("dead", "show", entry_id),
+        ("dead", "show", entry_id, "--json"), ("dead", "show", entry_id, "--show-args"),
+        ("dead", "replay", entry_id, "--dry-run"), ("dead", "replay", entry_id, "--yes"),
+    ]
+    for argv in argvs:
+        done = subprocess.run([TELEMETRY_GUARD, *APP, *argv], cwd=ROOT, env=fleet.env,
+                              capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        output = done.stdout + done.stderr
+        for raw in (b"\x1b", b"\x07", b"\r", "\x9b".encode(), "\u202e".encode()):
+            assert raw not in output, (argv, raw, output[:400])
+        if argv[:2] in (("errors", "list"), ("errors", "show"), ("errors", "tail"),
+                        ("dead", "show")) and "--json" not in argv:  # the message is shown
+            assert b"\\x1b[2J" in done.stdout, (argv, done.stdout[:400])
+    empty_dead_letters(fleet)
