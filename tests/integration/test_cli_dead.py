@@ -220,10 +220,13 @@ def test_purge_by_task_age_and_id_with_confirmation(fleet: Fleet) -> None:
     assert old.exit_code == 0 and old.output.strip() == "(none)"
     unconfirmed = fleet.invoke("dead", "purge", entry_id)
     assert unconfirmed.exit_code == 1 and fleet.exists(entry_id)
+    index = "{telemetry_guard:dead}:index:cli.report"
+    assert fleet.client.zscore(index, entry_id) is not None
     purged = fleet.invoke("dead", "purge", entry_id, "--yes")
     assert purged.exit_code == 0, purged.output
     assert "removed 1 dead letter(s)" in purged.output
     assert not fleet.exists(entry_id)
+    assert fleet.client.zscore(index, entry_id) is None  # the task's index stays consistent
 
 
 def test_unknown_ids_are_one_line_usage_errors_and_send_nothing(fleet: Fleet) -> None:
