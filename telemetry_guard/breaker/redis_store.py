@@ -18,6 +18,21 @@ not due, calls are rejected locally, and the view is refreshed at least every
 per-process memory store (``on_redis_error="fail_open"``) or rejects every call
 (``"fail_closed"``), says so once in the log and through the error listener, and tries
 Redis again every ``STORE_RETRY_INTERVAL`` seconds.
+
+A hash holding values no breaker writes (an unknown state or mode; a count or moment that is
+not a plain integer, such as ``nan``, ``inf``, ``1e300`` or text; a moment far ahead of Redis'
+clock; window counters that contradict each other) is treated like an outage: the script
+answers ``invalid <fields>`` without writing, the store raises ``InvalidBreakerState``
+internally, falls back, logs ``breaker.store_invalid`` once and reports every retry. The
+commands ``reset``, ``force_open`` and ``set_mode`` rewrite such a hash (``stored_problems``
+is the same check in Python, for the CLI). A failure-rate window written under another
+``window_size`` keeps its newest outcomes.
+
+Every key of a breaker in mode ``normal`` expires ``key_ttl(config)`` after its last write
+(at least a day); a breaker with nothing to remember (closed, no failures) simply vanishes.
+A mode an operator set (``disabled``, ``forced_open``, ``metrics_only``) never expires.
+``read_states`` reads the state of many breakers in one pipelined round trip (one HMGET per
+breaker, no script) for the state gauge.
 """
 
 from __future__ import annotations
