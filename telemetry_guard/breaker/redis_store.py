@@ -323,6 +323,7 @@ elseif op == 'force_open' then
     go('open', 'forced')
   end
 elseif op == 'reset' then
+  redis.call('DEL', wkey)  -- whatever it holds: a reset is the operator's repair
   if state ~= 'closed' then go('closed', 'reset') else clear_counts() end
 elseif op == 'set_mode' then
   mode = arg

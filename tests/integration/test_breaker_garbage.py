@@ -132,6 +132,23 @@ def test_reset_repairs_a_garbled_breaker_and_redis_is_shared_again(
         other.call(lambda: None)
 
 
+def test_side_keys_of_the_wrong_type_fail_open_until_reset_deletes_them(
+        redis_url: str, heard: Heard) -> None:
+    """A list where the window bitmap should be: calls run on the fallback; reset clears it."""
+    name = unique("sidekeys")
+    breaker = CircuitBreaker(name, redis_url=redis_url, failure_rate_threshold=0.5,
+                             minimum_calls=50)
+    client = redis.Redis.from_url(redis_url)
+    client.rpush(f"{PREFIX}{name}:window", "x")
+    client.hset(PREFIX + name, mapping={"state": "closed", "w_count": "1", "w_pos": "1"})
+    assert breaker.call(lambda: "ran") == "ran"
+    assert [sink for sink, _ in heard.errors] == ["breaker_store"]
+    breaker.reset()
+    assert client.exists(f"{PREFIX}{name}:window") == 0
+    assert breaker.call(lambda: "ran") == "ran"
+    assert client.hget(PREFIX + name, "w_count") == b"1" and len(heard.errors) == 1
+
+
 @pytest.mark.parametrize("command", ["force_open", "set_mode"])
 def test_the_other_commands_repair_too(redis_url: str, command: str) -> None:
     """force_open and set_mode rewrite a garbled hash before they act."""
