@@ -31,7 +31,7 @@ from telemetry_guard.breaker import CircuitBreaker  # noqa: E402
 from telemetry_guard.breaker.redis_store import SCRIPT  # noqa: E402
 
 #: Commands the breaker's Lua script runs; Redis counts them under their own names.
-INSIDE_SCRIPT = {name.lower() for name in re.findall(r"redis\.call\('(\w+)'", SCRIPT)}
+INSIDE_SCRIPT = {name.lower() for name in re.findall(r"redis\.p?call\('(\w+)'", SCRIPT)}
 
 
 def per_call(fns: dict[str, Callable[[], Any]], loops: int,

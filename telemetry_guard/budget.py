@@ -19,6 +19,9 @@ The bucket is the hash ``<prefix>retry_budget:<scope>`` (``<prefix>`` defaults t
 - ``ts``: Redis server time (``TIME``, seconds) of the last update, from which the next call
   applies decay and refill.
 
+A bucket holding anything else (``nan``, ``inf``, a negative number, text, a key that is not a
+hash) starts afresh like a new scope: garbage never raises and never blocks retries for good.
+
 A retry (``withdraw``) takes one token from the reserve when it holds at least one, else one
 from the deposits; it is refused when both hold less than one. Every update sets an expiry of
 ``EXPIRE_TTLS * ttl`` on the key, so idle scopes vanish. The arithmetic is one Lua script
@@ -81,9 +84,16 @@ local t = redis.call('TIME')
 local now_text = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 local now = tonumber(now_text)
 
-local f = redis.call('HMGET', key, 'tokens', 'reserve', 'ts')
+-- A bucket that is missing, not a hash, or holds anything but finite non-negative numbers
+-- (nan, inf, text) starts afresh, as a new scope does.
+local f = redis.pcall('HMGET', key, 'tokens', 'reserve', 'ts')
+if f.err then
+  redis.call('DEL', key)
+  f = {}
+end
 local tokens, reserve, ts = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
-if tokens == nil or reserve == nil or ts == nil then
+local function usable(x) return x ~= nil and x >= 0 and x < math.huge end
+if not (usable(tokens) and usable(reserve) and usable(ts)) then
   tokens, reserve, ts = 0, min_rps, now
 end
 
@@ -178,12 +188,14 @@ def advance(state: BudgetState | None, config: BudgetConfig, now: float, *,
             deposits: int = 0, withdraw: bool = False) -> tuple[bool, BudgetState]:
     """The script's arithmetic: decay and refill up to ``now``, add deposits, maybe withdraw.
 
-    ``state`` None is a new scope. Returns whether a retry was granted (always False without
+    ``state`` None is a new scope; so is a state holding anything but finite numbers >= 0
+    (nan, inf, a negative balance). Returns whether a retry was granted (always False without
     ``withdraw``) and the new state. Times are seconds on any clock that does not go back;
     when it does, no time is taken to have passed.
     """
     cap = config.min_retries_per_second
-    if state is None:
+    if state is None or not all(0.0 <= value < math.inf
+                                for value in (state.tokens, state.reserve, state.at)):
         state = BudgetState(0.0, cap, now)
     elapsed = max(0.0, now - state.at)
     tokens = state.tokens * math.exp(-elapsed / config.ttl) + deposits * config.ratio

@@ -132,10 +132,11 @@ class TelemetryGuard:
         breaker.set_transition_listener(self.on_breaker_change)
         breaker.set_call_listener(self._count_breaker_call)
         breaker.set_error_listener(self.report_error)
+        BreakerStateCollector.label = self.metrics_sink.breaker_label
         BreakerStateCollector.install()
 
     def _count_breaker_call(self, name: str, outcome: str) -> None:
-        self.metrics.breaker_calls.labels(name, outcome).inc()
+        self.metrics_sink.on_breaker_call(name, outcome)
 
     def on_breaker_change(self, change: BreakerChange) -> None:
         """Tell a breaker transition once; a trip to open is routed like a HIGH failure."""
@@ -299,6 +300,8 @@ class TelemetryGuard:
             breaker.set_call_listener(None)
             breaker.set_error_listener(None)
             breaker.set_default_redis_url(None)
+            if BreakerStateCollector.label is self.metrics_sink.breaker_label:
+                BreakerStateCollector.label = None
         if self._exporter_handler is not None:
             self._exporter_handler.uninstall()
         if self._celery_log_scrubber is not None:

@@ -27,13 +27,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 import redis
 
-from .breaker import CircuitBreaker, get_breaker
+from .breaker import CircuitBreaker, get_breaker, unregister
 from .callbacks import outcome_for
 from .exceptions import CircuitOpenError
 from .policy import RetryPolicy
@@ -49,6 +50,9 @@ CACHE_SOCKET_TIMEOUT = 2.0
 #: Headers dropped when a redirect leaves the origin they were meant for.
 CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 SCHEMES = ("http", "https")
+#: Host breakers one process keeps; past it the least recently used is dropped (its state
+#: stays in Redis and is read again when that host is next called).
+MAX_HOST_BREAKERS = 256
 
 
 class HTTPStatusError(Exception):
@@ -226,7 +230,64 @@ class _CacheClients:
 
 
 _cache_clients = _CacheClients()
-_breaker_lock = threading.Lock()
+
+
+class HostBreakers:
+    """The breakers ``resilient_request`` made, one per host, at most ``limit`` of them.
+
+    Past the limit the least recently used is unregistered. A Redis breaker loses nothing:
+    its state is in Redis, and a call still holding it finishes on it. A memory breaker is
+    dropped only when closed, without failures, in mode normal (nothing to forget). A
+    breaker someone else registered under ``http:<host>`` is used as it is, never dropped.
+    """
+
+    def __init__(self, limit: int = MAX_HOST_BREAKERS) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._used: OrderedDict[str, CircuitBreaker] = OrderedDict()
+        self._fork_hook = False
+
+    def __len__(self) -> int:
+        return len(self._used)
+
+    def get(self, name: str, build: Callable[[], CircuitBreaker]) -> CircuitBreaker:
+        """The breaker registered as ``name``, else ``build()``'s, which is then kept."""
+        if not self._fork_hook:
+            self._fork_hook = True
+            os.register_at_fork(after_in_child=self.after_fork)
+        with self._lock:
+            found = get_breaker(name)
+            if found is not None:
+                kept = self._used.get(name)
+                if kept is found:
+                    self._used.move_to_end(name)
+                elif kept is not None:
+                    del self._used[name]  # replaced by a breaker of the application's
+                return found
+            made = self._used[name] = build()
+            if len(self._used) > self.limit:
+                self._drop_idle()
+            return made
+
+    def after_fork(self) -> None:
+        """A new lock in a forked child (another thread of the parent may have held it)."""
+        self._lock = threading.Lock()
+
+    def _drop_idle(self) -> None:
+        excess = len(self._used) - self.limit
+        for name, breaker in list(self._used.items())[:-1]:
+            if excess <= 0:
+                return
+            if breaker.storage == "memory":
+                snap = breaker.snapshot()
+                if (snap.state, snap.mode, snap.consecutive_failures) != ("closed", "normal", 0):
+                    continue
+            del self._used[name]
+            unregister(breaker)
+            excess -= 1
+
+
+host_breakers = HostBreakers()
 
 
 class ResilientRequestTask(GuardedTask):
@@ -236,21 +297,21 @@ class ResilientRequestTask(GuardedTask):
     breaker_defaults: Mapping[str, Any] | None = None
 
     def host_breaker(self, url: str) -> CircuitBreaker:
-        """The breaker ``http:<host>`` from the registry, created on first use (Redis-backed)."""
+        """The breaker ``http:<host>`` from the registry, created on first use (Redis-backed).
+
+        This process keeps at most ``MAX_HOST_BREAKERS`` of those it made (see HostBreakers).
+        """
         name = breaker_name(url)
-        found = get_breaker(name)
-        if found is not None:
-            return found
-        with _breaker_lock:
-            found = get_breaker(name)
-            if found is not None:
-                return found
+
+        def build() -> CircuitBreaker:
             options: dict[str, Any] = {"storage": "redis", "exclude": (HTTPClientError,)}
             guard = getattr(self.app, "_telemetry_guard", None)
             if guard is not None:
                 options["key_prefix"] = guard.settings.key_prefix
             options.update(self.breaker_defaults or {})
             return CircuitBreaker(name, **options)
+
+        return host_breakers.get(name, build)
 
     def report_progress(self, url: str) -> None:
         """``PROGRESS`` with the attempt number and the URL without query (fails open)."""

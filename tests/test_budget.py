@@ -249,3 +249,15 @@ def test_deposit_is_a_sub_microsecond_counter_increment() -> None:
     assert best < 1e-6, f"deposit took {best * 1e9:.0f} ns"
     budget.close()  # writes to nothing: fails open, reported
     assert [sink for sink, _ in errors] == ["retry_budget"]
+
+
+@pytest.mark.parametrize("state", [
+    BudgetState(math.nan, 1.0, 0.0), BudgetState(math.inf, 1.0, 0.0),
+    BudgetState(0.0, -math.inf, 0.0), BudgetState(0.0, math.nan, 0.0),
+    BudgetState(-1.0, 1.0, 0.0), BudgetState(0.0, 1.0, math.inf), BudgetState(0.0, 1.0, math.nan),
+])
+def test_a_state_holding_nan_inf_or_a_negative_balance_starts_afresh(state: BudgetState) -> None:
+    """Such a state is a new scope: a full reserve, no deposits, now as its time."""
+    config = BudgetConfig(ratio=0.5, min_retries_per_second=2.0)
+    granted, after = advance(state, config, 100.0, withdraw=True)
+    assert granted and after == BudgetState(0.0, 1.0, 100.0)

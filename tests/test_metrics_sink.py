@@ -143,3 +143,21 @@ def test_breaker_change_counts_a_transition() -> None:
     sink.on_breaker_change(BreakerChange("payments", "closed", "open"))
     assert value(registry, "telemetry_guard_breaker_transitions_total", breaker="payments",
                  from_state="closed", to_state="open") == 1
+
+
+def test_breaker_labels_beyond_the_bound_become_other_in_calls_and_transitions() -> None:
+    """Six host breakers, bound 3: the first three are named, the rest count under other."""
+    registry, sink = fresh()
+    hosts = [f"http:hook{i}.example" for i in range(6)]
+    for host in hosts:
+        sink.on_breaker_call(host, "success")
+        sink.on_breaker_change(BreakerChange(host, "closed", "open"))
+    for host in hosts[:3]:
+        assert value(registry, "telemetry_guard_breaker_calls_total", breaker=host,
+                     outcome="success") == 1
+    assert value(registry, "telemetry_guard_breaker_calls_total", breaker=OTHER,
+                 outcome="success") == 3
+    assert value(registry, "telemetry_guard_breaker_transitions_total", breaker=OTHER,
+                 from_state="closed", to_state="open") == 3
+    assert value(registry, "telemetry_guard_breaker_calls_total", breaker=hosts[4],
+                 outcome="success") == 0

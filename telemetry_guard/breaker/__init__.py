@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..exceptions import CircuitOpenError
-from .breaker import CircuitBreaker, after_fork
+from .breaker import CircuitBreaker, after_fork, states
 from .hooks import (
     CallListener,
     ErrorListener,
@@ -13,8 +13,14 @@ from .hooks import (
     set_transition_listener,
 )
 from .memory import MemoryBreakerStore
-from .redis_store import RedisBreakerStore
-from .registry import all_breakers, get_breaker, get_default_redis_url, set_default_redis_url
+from .redis_store import InvalidBreakerState, RedisBreakerStore
+from .registry import (
+    all_breakers,
+    get_breaker,
+    get_default_redis_url,
+    set_default_redis_url,
+    unregister,
+)
 from .state import BreakerConfig, BreakerSnapshot
 
 __all__ = [
@@ -24,6 +30,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "ErrorListener",
+    "InvalidBreakerState",
     "MemoryBreakerStore",
     "RedisBreakerStore",
     "TransitionListener",
@@ -35,4 +42,6 @@ __all__ = [
     "set_default_redis_url",
     "set_error_listener",
     "set_transition_listener",
+    "states",
+    "unregister",
 ]

@@ -15,7 +15,7 @@ from ..events import BreakerChange
 from ..exceptions import CircuitOpenError
 from .hooks import emit_call, emit_transition
 from .memory import MemoryBreakerStore
-from .redis_store import RedisBreakerStore
+from .redis_store import RedisBreakerStore, read_states
 from .registry import get_breaker, register
 from .state import (
     FAILURE,
@@ -262,6 +262,27 @@ class CircuitBreaker:
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} storage={self.storage!r}>"
+
+
+def states(breakers: Iterable[CircuitBreaker]) -> dict[str, str | None]:
+    """Each breaker's current state by name, for a scrape: one round trip per Redis in all.
+
+    Breakers kept in memory answer from this process; None marks a breaker whose stored
+    state is invalid (see ``InvalidBreakerState``). Never raises.
+    """
+    found: dict[str, str | None] = {}
+    shared: list[RedisBreakerStore] = []
+    for breaker in breakers:
+        store = breaker._store
+        if isinstance(store, RedisBreakerStore):
+            shared.append(store)
+        else:
+            try:
+                found[breaker.name] = store.snapshot().state
+            except Exception:
+                found[breaker.name] = None
+    found.update(read_states(shared))
+    return found
 
 
 def _rebuild(arguments: dict[str, Any]) -> CircuitBreaker:

@@ -19,6 +19,18 @@ def register(breaker: CircuitBreaker) -> None:
         _breakers[breaker.name] = breaker
 
 
+def unregister(breaker: CircuitBreaker) -> bool:
+    """Forget ``breaker`` if it is the one registered under its name; True when it was.
+
+    Its state in Redis stays: a breaker built again under that name reads it.
+    """
+    with _lock:
+        if _breakers.get(breaker.name) is breaker:
+            del _breakers[breaker.name]
+            return True
+        return False
+
+
 def get_breaker(name: str) -> CircuitBreaker | None:
     """The breaker last constructed with this name in this process, or None."""
     return _breakers.get(name)

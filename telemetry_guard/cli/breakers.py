@@ -18,6 +18,11 @@ open) Sentry and e-mail. Log lines go to stderr; results to stdout.
   so calls flow again. ``disabled`` and ``metrics_only`` are kept: use ``mode``.
 - ``mode NAME MODE``: set the mode fleet-wide (normal, disabled, forced_open, metrics_only).
 
+A breaker whose hash holds values no breaker writes (an unknown state or mode, ``nan``,
+``1e300``, text counts) is listed with state ``invalid``, the fields at fault and the raw hash
+(escaped, cut), and the command exits 1; workers fall back as during a Redis outage until
+``reset`` (or ``close``, ``open``, ``mode``) rewrites it.
+
 Workers keep a cached view of each breaker: a worker that last saw the breaker closed
 admits one more call per process before it learns of ``open``; a worker that saw it open
 re-reads it at least every second after ``close``/``reset``.
@@ -35,6 +40,7 @@ import click
 import redis
 
 from ..breaker import CircuitBreaker, all_breakers, get_breaker
+from ..breaker.redis_store import FIELDS, stored_problems
 from ..breaker.state import CLOSED, FORCED_OPEN, MODES, NORMAL, OPEN
 from .context import EXIT_PROBLEMS, CliContext, UsageError
 from .output import emit, emit_one, printable
@@ -50,6 +56,11 @@ COLUMNS = ("breaker", "state", "mode", "failures", "failure_rate", "retry_after"
 _PASSWORD_PARAM = re.compile(r"([?&;]password=)[^&;#]*", re.IGNORECASE)
 #: Keys per SCAN step.
 SCAN_COUNT = 500
+#: State shown for a breaker whose stored hash holds values no breaker writes.
+INVALID = "invalid"
+#: Of an invalid hash, at most this many fields are shown, each cut to ``RAW_VALUE_CHARS``.
+RAW_FIELDS = 32
+RAW_VALUE_CHARS = 64
 
 
 #: Breakers this module built for names found only in Redis (they register themselves, but
@@ -236,14 +247,47 @@ class BreakerIndex:
             return None
         if state in (None, CLOSED.encode()) or not opened:
             return None
-        moment = dt.datetime.fromtimestamp(int(opened) / 1000, dt.timezone.utc)
+        try:
+            moment = dt.datetime.fromtimestamp(int(opened) / 1000, dt.timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            return None
         return moment.isoformat(timespec="milliseconds")
+
+    def invalid_fields(self, breaker: CircuitBreaker) -> tuple[tuple[str, ...], dict[str, str]]:
+        """The stored fields a breaker cannot use (none: it is valid), and the hash as stored."""
+        client = self.client(self.url_of(breaker))
+        pipe = client.pipeline(transaction=False)
+        pipe.time()
+        pipe.type(self.key_of(breaker))
+        pipe.hgetall(self.key_of(breaker))
+        (seconds, micros), kind, stored = pipe.execute(raise_on_error=False)
+        if kind not in (b"hash", b"none", "hash", "none"):
+            return ("type",), {"type": _printable(kind if isinstance(kind, bytes)
+                                                  else str(kind).encode())}
+        if isinstance(stored, Exception):
+            raise stored
+        fields = {name: stored.get(name.encode()) for name in FIELDS}
+        problems = stored_problems(fields, seconds * 1000 + micros // 1000)
+        if not problems:
+            return (), {}
+        raw = {}
+        for name in sorted(stored)[:RAW_FIELDS]:
+            raw[_printable(name)] = _printable(stored[name])
+        return problems, raw
 
     def stored_state(self, breaker: CircuitBreaker) -> tuple[str | None, str | None]:
         """State and mode as written in Redis, read with this CLI's own client."""
         state, mode = self.client(self.url_of(breaker)).hmget(
             self.key_of(breaker), "state", "mode")
         return _text(state), _text(mode)
+
+
+def _printable(value: bytes) -> str:
+    """Stored bytes as one line of printable text, escapes for the rest, cut to a bound."""
+    text = value.decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+    return text if len(text) <= RAW_VALUE_CHARS else text[: RAW_VALUE_CHARS - 1] + "…"
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -273,9 +317,21 @@ def describe(index: BreakerIndex, breaker: CircuitBreaker, source: str) -> dict[
         row.update(state=None, mode=None, note="no Redis configured")
         return row
     try:
-        index.client(index.url_of(breaker))  # instead of reading the store's local fallback
+        # read with the CLI's client first: the store would answer from its local fallback
+        problems, raw = index.invalid_fields(breaker)
     except RedisUnavailable as exc:
         row.update(state=None, mode=None, error=exc.message)
+        return row
+    except redis.RedisError as exc:
+        row.update(state=None, mode=None, error=f"cannot read Redis at "
+                   f"{mask_url(index.url_of(breaker))}: {type(exc).__name__}: {exc}")
+        return row
+    if problems:
+        row.update(state=INVALID, mode=raw.get("mode"), invalid_fields=list(problems), raw=raw,
+                   redis=mask_url(index.url_of(breaker)), key=index.key_of(breaker),
+                   error=f"its stored state is invalid ({', '.join(problems)}): workers fall back "
+                         f"as during a Redis outage; `breakers reset "
+                         f"{breaker.name}` repairs it")
         return row
     snap = breaker.snapshot()
     known = source == "app"
@@ -360,7 +416,7 @@ def _command(ctx: click.Context, name: str, action: str,
         raise UsageError(f"breaker {name!r} keeps its state in each process "
                          f"(storage='memory'): the CLI cannot change it")
     index.client(index.url_of(breaker))
-    before = breaker.snapshot().state
+    before = INVALID if index.invalid_fields(breaker)[0] else breaker.snapshot().state
     change(breaker)
     try:
         state, mode = index.stored_state(breaker)

@@ -94,6 +94,8 @@ class MetricsSink(Sink):
         self.metrics = metrics
         self.task_label = LabelBound(max_label_values)
         self.exception_label = LabelBound(max_label_values)
+        #: One bound for the ``breaker`` label of every breaker metric (per-host breakers).
+        self.breaker_label = LabelBound(max_label_values)
         self._runtime: dict[tuple[str, str], Any] = {}
 
     def runtime(self, task_name: str, outcome: str) -> Any:
@@ -123,7 +125,11 @@ class MetricsSink(Sink):
 
     def on_breaker_change(self, change: BreakerChange) -> None:
         self.metrics.breaker_transitions.labels(
-            change.breaker, change.from_state, change.to_state).inc()
+            self.breaker_label(change.breaker), change.from_state, change.to_state).inc()
+
+    def on_breaker_call(self, breaker: str, outcome: str) -> None:
+        """Count one call through a breaker."""
+        self.metrics.breaker_calls.labels(self.breaker_label(breaker), outcome).inc()
 
 
 BREAKER_STATES = ("closed", "open", "half_open")
@@ -132,24 +138,39 @@ BREAKER_STATES = ("closed", "open", "half_open")
 class BreakerStateCollector:
     """``telemetry_guard_breaker_state``, read from each breaker's shared state at scrape time.
 
-    Every process that exposes metrics reads the same Redis state, so all scrapes agree.
+    Every process that exposes metrics reads the same Redis state, so all scrapes agree. All
+    breakers are read in one round trip per Redis (``breaker.states``). The ``breaker`` label
+    goes through ``label`` (the guard's bound): breakers past the bound share the value
+    ``other``, which is 1 on each state at least one of them is in. A breaker whose stored
+    state is invalid is 0 in every state.
     """
 
     _installed: set[int] = set()
+    #: The bound of the ``breaker`` label; the guard sets its own.
+    label: LabelBound | None = None
 
     def collect(self) -> Any:
-        from ..breaker import all_breakers
+        from ..breaker import all_breakers, states
 
         family = GaugeMetricFamily(
             "telemetry_guard_breaker_state", "1 on the breaker's current state, 0 on the others.",
             labels=["breaker", "state"])
-        for breaker in all_breakers():
-            try:
-                state = breaker.snapshot().state
-            except Exception:
-                continue
-            for name in BREAKER_STATES:
-                family.add_metric([breaker.name, name], 1.0 if name == state else 0.0)
+        label = type(self).label
+        values: dict[str, dict[str, float]] = {}
+        try:
+            current = states(all_breakers())
+        except Exception:
+            current = {}
+        for name, state in current.items():
+            shown = label(name) if label is not None else name
+            row = values.get(shown)
+            if row is None:
+                row = values[shown] = dict.fromkeys(BREAKER_STATES, 0.0)
+            if state in row:
+                row[state] = 1.0
+        for shown, row in values.items():
+            for name, value in row.items():
+                family.add_metric([shown, name], value)
         yield family
 
     def describe(self) -> list[Any]:

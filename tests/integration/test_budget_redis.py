@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import time
 import traceback
@@ -260,6 +261,45 @@ def test_the_lua_script_computes_what_advance_computes(
         assert stored["tokens"] == pytest.approx(state.tokens, rel=1e-12, abs=1e-12)
         assert stored["reserve"] == pytest.approx(state.reserve, rel=1e-12, abs=1e-12)
         state = BudgetState(stored["tokens"], stored["reserve"], stored["ts"])
+
+
+# -- garbage in the bucket -------------------------------------------------------------------
+
+GARBAGE = [
+    {"tokens": "nan"}, {"tokens": "inf"}, {"tokens": "-inf"}, {"reserve": "nan"},
+    {"reserve": "-inf"}, {"reserve": "inf"}, {"ts": "nan"}, {"ts": "inf"}, {"tokens": "-1"},
+    {"tokens": "lots"}, {"reserve": ""},
+]
+
+
+@pytest.mark.parametrize("values", GARBAGE, ids=[str(v) for v in GARBAGE])
+def test_a_bucket_holding_garbage_starts_afresh(
+        redis_url: str, make_budget: Callable[..., tuple[RetryBudget, Errors]],
+        values: dict[str, str]) -> None:
+    """nan, inf, negative or text balances: the next withdraw gets a new scope's full reserve,
+    the stored balances are finite again, and the budget refuses once the reserve is spent."""
+    budget, errors = make_budget(BudgetConfig(ratio=0.2, min_retries_per_second=2.0))
+    scope = uuid.uuid4().hex
+    client = redis.Redis.from_url(redis_url)
+    client.hset(key(scope), mapping={"tokens": "0", "reserve": "0", "ts": "1", **values})
+    answers = [budget.withdraw(scope) for _ in range(3)]
+    assert answers == [True, True, False]  # a full reserve of 2, no deposits
+    stored = bucket(redis_url, scope)
+    assert all(math.isfinite(value) and value >= 0 for value in stored.values()), stored
+    assert client.pttl(key(scope)) > 0
+    assert errors == []
+
+
+def test_a_key_of_another_type_is_replaced_by_a_fresh_bucket(
+        redis_url: str, make_budget: Callable[..., tuple[RetryBudget, Errors]]) -> None:
+    """A string where the hash should be: withdraw answers from a new bucket, never raising."""
+    budget, errors = make_budget(BudgetConfig(min_retries_per_second=1.0))
+    scope = uuid.uuid4().hex
+    client = redis.Redis.from_url(redis_url)
+    client.set(key(scope), "not a bucket")
+    assert budget.withdraw(scope) is True
+    assert budget.withdraw(scope) is False
+    assert client.type(key(scope)) == b"hash" and errors == []
 
 
 # -- Redis down ----------------------------------------------------------------------------

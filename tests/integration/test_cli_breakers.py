@@ -176,6 +176,47 @@ def test_open_hold_stays_open_until_close_lifts_the_forced_mode(redis_url: str) 
     assert (row["state"], row["mode"]) == ("closed", "normal")
 
 
+def test_a_garbled_breaker_is_shown_invalid_its_task_still_runs_and_reset_repairs_it(
+        redis_url: str, producer: Celery, worker: CliWorker) -> None:
+    """Garbage in the hash: the task runs (not its fallback), the worker says so once, `list`
+    and `show` print `invalid` with the raw fields (escaped) and exit 1, `reset` repairs."""
+    env = cli_env(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    client.hset("telemetry_guard:breaker:cli.payments",
+                mapping={"state": "open", "opened_at": "1e300", "mode": "x\x1b[2J"})
+    client.hset("telemetry_guard:breaker:cli.garbled", mapping={"state": "bogus", "fails": "nan"})
+    assert charge(producer, "g-1") == "charged:g-1"
+    assert charge(producer, "g-2") == "charged:g-2"
+    assert runs(redis_url) == 2
+
+    done = run_cli(env, "breakers", "list", "--json")
+    assert done.returncode == 1, done.stderr
+    rows = {row["breaker"]: row for row in json_lines(done.stdout)}
+    payments, garbled = rows["cli.payments"], rows["cli.garbled"]
+    assert (payments["state"], payments["invalid_fields"]) == ("invalid", ["mode", "opened_at"])
+    assert payments["raw"] == {"mode": "x\\x1b[2J", "opened_at": "1e300", "state": "open"}
+    assert (garbled["state"], garbled["invalid_fields"]) == ("invalid", ["state", "fails"])
+    assert "`breakers reset cli.payments` repairs it" in done.stderr
+    table = run_cli(env, "breakers", "list")
+    assert table.returncode == 1 and "\x1b" not in table.stdout
+    assert {line.split()[0]: line.split()[1] for line in table.stdout.splitlines()[1:]} == {
+        "cli.garbled": "invalid", "cli.payments": "invalid"}
+    shown = run_cli(env, "breakers", "show", "cli.garbled")
+    assert shown.returncode == 1 and "invalid" in shown.stdout.split()
+
+    for name in ("cli.payments", "cli.garbled"):
+        reset = run_cli(env, "breakers", "reset", name, "--json")
+        assert reset.returncode == 0, reset.stderr
+        [row] = json_lines(reset.stdout)
+        assert (row["from_state"], row["state"], row["mode"]) == ("invalid", "closed", "normal")
+    repaired = run_cli(env, "breakers", "list", "--json")
+    assert repaired.returncode == 0, repaired.stderr
+    assert {row["breaker"]: row["state"] for row in json_lines(repaired.stdout)} == {
+        "cli.garbled": "closed", "cli.payments": "closed"}
+    worker_log = worker.log_path.read_text()
+    assert worker_log.count("breaker.store_invalid") == 1, worker_log
+
+
 def test_unknown_breaker_and_missing_app_module_are_one_line_usage_errors(
         redis_url: str) -> None:
     """Exit code 2 and one line on stderr, never a traceback."""
