@@ -538,6 +538,8 @@ class RedisBreakerStore:
         #: Monotonic time before which Redis is not tried again; 0.0 while Redis works.
         self.down_until = 0.0
         self._outage_logged = False
+        #: The last failure was garbage in the hash (not an outage): calls run even fail-closed.
+        self._garbled = False
         self.fast_admission: Admission | None = None
         self._state = CLOSED
         self._mode = NORMAL
@@ -628,7 +630,7 @@ class RedisBreakerStore:
                          origin=ORIGIN)
 
     def _admit_while_down(self, now: float) -> Admission:
-        if self.fail_closed:
+        if self.fail_closed and not self._garbled:  # garbage is no outage: the call runs
             return Admission(False, -1, retry_after=max(0.0, self.down_until - now),
                              origin=ORIGIN)
         return self.fallback.admit()
@@ -731,10 +733,11 @@ class RedisBreakerStore:
         with self._lock:
             self.down_until = monotonic() + STORE_RETRY_INTERVAL
             self.fast_admission = None
+            self._garbled = isinstance(exc, InvalidBreakerState)
             first = not self._outage_logged
             self._outage_logged = True
         if first:
-            fallback = "reject" if self.fail_closed else "memory"
+            fallback = "reject" if self.fail_closed and not self._garbled else "memory"
             try:
                 if isinstance(exc, InvalidBreakerState):
                     self._log.error(
