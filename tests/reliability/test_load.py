@@ -9,6 +9,8 @@ redis-server, which is also their telemetry Redis. The workload's truth is known
   child of both workers equal the workload's failures; so do the ``task.failed`` log lines
   and the ``entries-added`` of the error-log and dead-letter streams, within seconds while
   the workers run and still after they stopped (and flushed);
+- the dead-letter stream holds exactly the failing task's retention
+  (``TELEMETRY_GUARD_DEAD_LETTER_MAXLEN``, per task, exact);
 - the error-log stream stays within its cap during the whole run: ``XLEN`` sampled twice
   a second is at most ``maxlen + stream-node-max-entries``. ``MAXLEN ~`` trims whole
   stream nodes only, so up to one node's worth of entries (``stream-node-max-entries``,
@@ -124,7 +126,8 @@ class LoadWorker:
                    TELEMETRY_GUARD_METRICS_PORT=str(self.port),
                    TELEMETRY_GUARD_METRICS_ADDRESS="127.0.0.1",
                    TELEMETRY_GUARD_KEY_PREFIX=prefix,
-                   TELEMETRY_GUARD_ERROR_LOG_MAXLEN=str(maxlen))
+                   TELEMETRY_GUARD_ERROR_LOG_MAXLEN=str(maxlen),
+                   TELEMETRY_GUARD_DEAD_LETTER_MAXLEN=str(maxlen))
         # O_APPEND: the main process and its children write whole lines to one file.
         self.log = self.log_path.open("a")
         self.proc = subprocess.Popen(
@@ -300,7 +303,8 @@ def run_workload(workload: Workload, redis_url: str, producer: Celery, tmp_path:
     assert entries_added(errors_key) == failures
     assert entries_added(dead_key) == failures
     assert max_xlen <= workload.maxlen + slack
-    assert client.xlen(dead_key) <= workload.maxlen + slack
+    # Dead letters: the one failing task keeps exactly its own retention (not approximate).
+    assert client.xlen(dead_key) == min(failures, workload.maxlen)
     assert client.xlen(errors_key) >= workload.maxlen  # trimmed, never below the cap
     if window is not None:
         def growth(first: list[int]) -> list[str]:
