@@ -507,3 +507,35 @@ def test_escape_sequences_in_exception_text_never_reach_the_terminal_raw(fleet: 
                         ("dead", "show")) and "--json" not in argv:  # the message is shown
             assert b"\\x1b[2J" in done.stdout, (argv, done.stdout[:400])
     empty_dead_letters(fleet)
+
+
+def test_a_replay_the_broker_refuses_releases_its_claim_and_a_later_replay_sends_it(
+        fleet: Fleet) -> None:
+    """The broker refuses the message (an ACL user may not LPUSH): `not sent`, the claim is
+    released and the entry stays; a later replay through the broker sends it once."""
+    task_id, entry_id = fleet.dead_letter("cli.sync", "acct-broker-refuses")
+    fleet.client.delete(BROKEN_KEY)
+    fleet.client.execute_command("ACL", "SETUSER", "no-publish", "on", ">no-publish-pw", "~*",
+                                 "&*", "+@all", "-lpush", "-rpush")
+    host_port = fleet.url.split("://", 1)[1]
+    refusing = dict(fleet.env, TG_TEST_BROKER=f"redis://no-publish:no-publish-pw@{host_port}",
+                    TELEMETRY_GUARD_REDIS_URL=fleet.url)
+    try:
+        refused = subprocess.run(
+            [TELEMETRY_GUARD, *APP, "dead", "replay", entry_id, "--yes", "--json"], cwd=ROOT,
+            env=refusing, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    finally:
+        fleet.client.execute_command("ACL", "DELUSER", "no-publish")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    [row] = json_lines(refused.stdout)
+    assert row["id"] == entry_id and row["outcome"].startswith("not sent: "), row
+    assert fleet.exists(entry_id)
+    assert not fleet.client.hexists("{telemetry_guard:dead}:claims", entry_id)
+
+    replayed = fleet.run(*APP, "dead", "replay", entry_id, "--yes", "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    [row] = json_lines(replayed.stdout)
+    assert row["outcome"] == "replayed" and not fleet.exists(entry_id)
+    done = wait_for(lambda: [json.loads(d) for d in fleet.client.lrange(DONE_KEY, 0, -1)
+                             if json.loads(d)["account"] == "acct-broker-refuses"], timeout=15)
+    assert len(done) == 1 and done[0]["replay_of"] == task_id
