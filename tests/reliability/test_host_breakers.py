@@ -83,6 +83,12 @@ class ManyPorts:
         self.server.stop()
 
 
+def store_errors() -> float:
+    """Breaker calls that could not use Redis (``telemetry_errors_total{sink="breaker_store"}``)."""
+    return REGISTRY.get_sample_value("telemetry_guard_telemetry_errors_total",
+                                     {"sink": "breaker_store"}) or 0.0
+
+
 class CountingConnection(redis.Connection):
     """A real connection that counts its socket writes: one per round trip."""
 
@@ -136,6 +142,7 @@ def test_six_hundred_hosts_keep_breakers_labels_keys_and_scrapes_bounded(
     many_ports.server.script("/hook", Reply(200, {"ok": True}))
     names = {f"http:127.0.0.1:{port}" for port in many_ports.ports}
 
+    failed_open_before = store_errors()
     started = time.monotonic()
     with start_worker(celery_app, pool="solo", perform_ping_check=False, loglevel="WARNING",
                       shutdown_timeout=10):
@@ -154,12 +161,15 @@ def test_six_hundred_hosts_keep_breakers_labels_keys_and_scrapes_bounded(
     assert len(registered) <= MAX_HOST_BREAKERS and len(alive) <= MAX_HOST_BREAKERS
     assert len(host_breakers) <= MAX_HOST_BREAKERS
 
-    # Redis: the state of all 600 kept, and every key of theirs expires
+    # Redis: the state of all 600 kept, and every key of theirs expires. A call whose Redis
+    # round trip timed out on a loaded machine failed open (counted): its host has no key.
+    failed_open = int(store_errors() - failed_open_before)
+    assert failed_open <= 3
     client = redis.Redis.from_url(redis_url)
     hashes = [f"telemetry_guard:breaker:{name}" for name in names]
-    assert sum(client.exists(key) for key in hashes) == HOSTS
+    assert sum(client.exists(key) for key in hashes) == HOSTS - failed_open
     keys = list(client.scan_iter(match="telemetry_guard:breaker:http:*", count=1000))
-    assert len(keys) == 2 * HOSTS  # the hash and the failure-rate window of each host
+    assert len(keys) == 2 * (HOSTS - failed_open)  # the hash and the failure-rate window
     limit = key_ttl(BreakerConfig(**defaults)) * 1000
     pipe = client.pipeline(transaction=False)
     for key in keys:
