@@ -31,6 +31,20 @@ _CONTEXT = "\nDuring handling of the above exception, another exception occurred
 
 
 _DEFAULT_SCRUB: Callable[[str], str] | None = None
+#: Source lines are code: each is scrubbed once per scrubber, then served from here.
+_SOURCE_CACHE: dict[tuple[Callable[[str], str], str], str] = {}
+_SOURCE_CACHE_SIZE = 4096
+
+
+def _scrub_source(line: str, scrub: Callable[[str], str]) -> str:
+    key = (scrub, line)
+    scrubbed = _SOURCE_CACHE.get(key)
+    if scrubbed is None:
+        scrubbed = scrub(line)
+        if len(_SOURCE_CACHE) >= _SOURCE_CACHE_SIZE:
+            _SOURCE_CACHE.clear()
+        _SOURCE_CACHE[key] = scrubbed
+    return scrubbed
 
 
 def format_traceback(exc: BaseException, scrub: Callable[[str], str] | None = None,
@@ -83,7 +97,7 @@ def _format_one(exc: BaseException, scrub: Callable[[str], str], max_frames: int
             parts.append(f'  File "{filename}", line {lineno}, in {name}\n')
             line = linecache.getline(filename, lineno).strip()
             if line:
-                parts.append(f"    {scrub(line)}\n")
+                parts.append(f"    {_scrub_source(line, scrub)}\n")
     message = scrub(exception_message(exc, sys.maxsize))
     kind = type(exc)
     module = kind.__module__
