@@ -15,6 +15,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.servers import RedisServer, start_redis
 
+#: Fixtures of the breaker tests (``heard``, ``counted``).
+pytest_plugins = ["tests.breakers"]
+
 
 class ToggleableFailingExporter(SpanExporter):
     """A span exporter that raises while ``failing`` is set (a broken collector)."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -20,8 +18,6 @@ from telemetry_guard.breaker import (
     CircuitBreaker,
     CircuitOpenError,
     InvalidBreakerState,
-    set_error_listener,
-    set_transition_listener,
 )
 from telemetry_guard.breaker.redis_store import (
     CLOCK_SLACK_MS,
@@ -30,7 +26,7 @@ from telemetry_guard.breaker.redis_store import (
     stored_problems,
 )
 from telemetry_guard.breaker.state import FAILURE, SUCCESS, BreakerConfig
-from telemetry_guard.events import BreakerChange
+from tests.breakers import Heard
 
 PREFIX = "telemetry_guard:breaker:"
 
@@ -54,25 +50,6 @@ GARBAGE: list[tuple[dict[str, str], tuple[str, ...]]] = [
     ({"permit_seq": "x"}, ("permit_seq",)),
     ({"state": "\x1b[2J", "mode": "forced_open\x00"}, ("state", "mode")),
 ]
-
-
-@dataclass
-class Heard:
-    """What the breaker listeners of this process received."""
-
-    changes: list[BreakerChange] = field(default_factory=list)
-    errors: list[tuple[str, BaseException | None]] = field(default_factory=list)
-
-
-@pytest.fixture
-def heard() -> Iterator[Heard]:
-    """Recording transition and error listeners, restored afterwards."""
-    record = Heard()
-    previous = (set_transition_listener(record.changes.append),
-                set_error_listener(lambda sink, exc: record.errors.append((sink, exc))))
-    yield record
-    set_transition_listener(previous[0])
-    set_error_listener(previous[1])
 
 
 def garble(url: str, name: str, values: dict[str, str]) -> redis.Redis:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
 from telemetry_guard.breaker import CircuitBreaker, get_breaker, states
-from telemetry_guard.breaker.redis_store import KEY_TTL_MIN, _shared_client, key_ttl
+from telemetry_guard.breaker.redis_store import KEY_TTL_MIN, key_ttl
 from telemetry_guard.breaker.state import BreakerConfig
 from telemetry_guard.http import HostBreakers
+from tests.breakers import CountingConnection
 from tests.servers import free_port
 
 PREFIX = "telemetry_guard:breaker:"
@@ -106,30 +106,6 @@ def test_a_key_written_without_ttl_gets_one_on_its_next_call(redis_url: str) -> 
 
 
 # -- one round trip for every state ------------------------------------------------------------
-
-
-class CountingConnection(redis.Connection):
-    """A real connection that counts how many times it writes to the socket (round trips)."""
-
-    writes = 0
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        type(self).writes += 1
-        super().send_packed_command(command, check_health)
-
-
-@pytest.fixture
-def counted(redis_url: str) -> Iterator[type[CountingConnection]]:
-    """The breakers' shared client for ``redis_url`` made of CountingConnections."""
-    pool = _shared_client(redis_url)[0].connection_pool
-    previous = pool.connection_class
-    pool.disconnect()
-    pool.reset()
-    pool.connection_class = CountingConnection
-    yield CountingConnection
-    pool.disconnect()
-    pool.reset()
-    pool.connection_class = previous
 
 
 def test_the_states_of_300_breakers_are_read_in_one_round_trip(

@@ -11,8 +11,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,13 +27,13 @@ from telemetry_guard.breaker import (
     redis_store,
     set_call_listener,
     set_default_redis_url,
-    set_error_listener,
     set_transition_listener,
 )
 from telemetry_guard.breaker.memory import MemoryBreakerStore
 from telemetry_guard.breaker.redis_store import SCRIPT, RedisBreakerStore, StoreUnconfigured
 from telemetry_guard.breaker.state import FAILURE, IGNORED, MODES, SUCCESS, BreakerConfig
 from telemetry_guard.events import BreakerChange
+from tests.breakers import Heard
 from tests.servers import free_port, start_redis, wait_for
 
 FORK = multiprocessing.get_context("fork")
@@ -43,25 +42,6 @@ PROCESSES = 8
 
 class RemoteDown(Exception):
     """The dependency behind the breaker failed."""
-
-
-@dataclass
-class Heard:
-    """Everything the breaker listeners of this process received."""
-
-    changes: list[BreakerChange] = field(default_factory=list)
-    errors: list[tuple[str, BaseException | None]] = field(default_factory=list)
-
-
-@pytest.fixture
-def heard() -> Iterator[Heard]:
-    """Recording transition and error listeners, restored afterwards."""
-    record = Heard()
-    previous = (set_transition_listener(record.changes.append),
-                set_error_listener(lambda sink, exc: record.errors.append((sink, exc))))
-    yield record
-    set_transition_listener(previous[0])
-    set_error_listener(previous[1])
 
 
 def breaker_on(url: str, name: str, **settings: Any) -> CircuitBreaker:

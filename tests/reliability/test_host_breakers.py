@@ -18,7 +18,6 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -30,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from telemetry_guard import RetryPolicy, TelemetryGuard
 from telemetry_guard.breaker import all_breakers
 from telemetry_guard.breaker import breaker as breaker_module
-from telemetry_guard.breaker.redis_store import _shared_client, key_ttl
+from telemetry_guard.breaker.redis_store import key_ttl
 from telemetry_guard.breaker.state import BreakerConfig
 from telemetry_guard.http import (
     MAX_HOST_BREAKERS,
@@ -38,6 +37,7 @@ from telemetry_guard.http import (
     register_resilient_request,
 )
 from telemetry_guard.sinks.metrics import OTHER, BreakerStateCollector
+from tests.breakers import CountingConnection
 from tests.http_server import Reply, ScriptedHTTPServer
 
 HOSTS = 600
@@ -89,36 +89,12 @@ def store_errors() -> float:
                                      {"sink": "breaker_store"}) or 0.0
 
 
-class CountingConnection(redis.Connection):
-    """A real connection that counts its socket writes: one per round trip."""
-
-    writes = 0
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        type(self).writes += 1
-        super().send_packed_command(command, check_health)
-
-
 @pytest.fixture
 def many_ports() -> Iterator[ManyPorts]:
     """One HTTP server on HOSTS loopback ports."""
     server = ManyPorts(HOSTS)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def counted(redis_url: str) -> Iterator[type[CountingConnection]]:
-    """The breakers' shared client for ``redis_url`` made of CountingConnections."""
-    pool = _shared_client(redis_url)[0].connection_pool
-    previous = pool.connection_class
-    pool.disconnect()
-    pool.reset()
-    pool.connection_class = CountingConnection
-    yield CountingConnection
-    pool.disconnect()
-    pool.reset()
-    pool.connection_class = previous
 
 
 def label_values(text: str, family: str) -> set[str]:
