@@ -13,6 +13,7 @@ text it reports.
 from __future__ import annotations
 
 import collections
+import functools
 import linecache
 import sys
 from collections.abc import Callable
@@ -30,21 +31,15 @@ _CAUSE = "\nThe above exception was the direct cause of the following exception:
 _CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
 
 
-_DEFAULT_SCRUB: Callable[[str], str] | None = None
-#: Source lines are code: each is scrubbed once per scrubber, then served from here.
-_SOURCE_CACHE: dict[tuple[Callable[[str], str], str], str] = {}
-_SOURCE_CACHE_SIZE = 4096
+@functools.cache
+def _default_scrub() -> Callable[[str], str]:
+    return Redactor().redact_text
 
 
+@functools.lru_cache(maxsize=4096)
 def _scrub_source(line: str, scrub: Callable[[str], str]) -> str:
-    key = (scrub, line)
-    scrubbed = _SOURCE_CACHE.get(key)
-    if scrubbed is None:
-        scrubbed = scrub(line)
-        if len(_SOURCE_CACHE) >= _SOURCE_CACHE_SIZE:
-            _SOURCE_CACHE.clear()
-        _SOURCE_CACHE[key] = scrubbed
-    return scrubbed
+    """A source line scrubbed; code does not change, so each is scrubbed once per scrubber."""
+    return scrub(line)
 
 
 def format_traceback(exc: BaseException, scrub: Callable[[str], str] | None = None,
@@ -53,9 +48,7 @@ def format_traceback(exc: BaseException, scrub: Callable[[str], str] | None = No
 
     ``scrub`` defaults to a default :class:`Redactor`'s ``redact_text``.
     """
-    global _DEFAULT_SCRUB
-    if scrub is None:
-        scrub = _DEFAULT_SCRUB = _DEFAULT_SCRUB or Redactor().redact_text
+    scrub = scrub or _default_scrub()
     try:
         chain: list[tuple[BaseException, str]] = []
         seen: set[int] = set()

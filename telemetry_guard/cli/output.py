@@ -54,16 +54,20 @@ def unreadable(row: Mapping[str, Any], exc: BaseException) -> dict[str, Any]:
     return {"id": row.get("id"), "unreadable": f"record cannot be shown ({type(exc).__name__})"}
 
 
+def _json_line(row: Mapping[str, Any]) -> str:
+    """``row`` as one JSON line, or its ``unreadable`` stand-in when it cannot be encoded."""
+    try:
+        return to_json(row)
+    except (RecursionError, ValueError, TypeError) as exc:
+        return to_json(unreadable(row, exc))
+
+
 def emit(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], *, as_json: bool) -> int:
     """Print ``rows`` as JSON lines or as a table of ``columns``; returns how many rows."""
     rows = list(rows)
     if as_json:
         for row in rows:
-            try:
-                line = to_json(row)
-            except (RecursionError, ValueError, TypeError) as exc:
-                line = to_json(unreadable(row, exc))
-            click.echo(line)
+            click.echo(_json_line(row))
         return len(rows)
     if not rows:
         click.echo("(none)")
@@ -80,11 +84,7 @@ def emit(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], *, as_json: 
 def emit_one(record: Mapping[str, Any], *, as_json: bool) -> None:
     """Print one record whole: JSON, or ``key: value`` lines."""
     if as_json:
-        try:
-            line = to_json(record)
-        except (RecursionError, ValueError, TypeError) as exc:
-            line = to_json(unreadable(record, exc))
-        click.echo(line)
+        click.echo(_json_line(record))
         return
     keys = {key: printable(str(key)) for key in record}
     width = max((len(k) for k in keys.values()), default=0)
