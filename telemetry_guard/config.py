@@ -70,6 +70,7 @@ class Settings:
     redelivery_horizon: float | None = None
     breaker_max_wait: float = 3600.0
     retry_budget: BudgetConfig | None = None
+    observe_all_tasks: bool = True
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -77,13 +78,10 @@ class Settings:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_app(
-        cls, app: Any, overrides: Mapping[str, Any] | None = None,
-        environ: Mapping[str, str] | None = None,
-    ) -> Settings:
-        """Resolve settings for ``app`` from keyword overrides, environment and ``app.conf``."""
-        overrides = dict(overrides or {})
-        environ = os.environ if environ is None else environ
+    def check_overrides(cls, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword settings, checked without reading ``app.conf``: unknown names and bad
+        values are errors now, not when the app is configured."""
+        overrides = dict(overrides)
         names = cls.field_names()
         unknown = sorted(set(overrides) - set(names))
         if unknown:
@@ -91,6 +89,20 @@ class Settings:
                 f"unknown telemetry_guard setting(s) {', '.join(unknown)}; "
                 f"valid: {', '.join(names)}"
             )
+        checked = {name: _coerce(name, raw, "keyword argument")
+                   for name, raw in overrides.items()}
+        if checked.get("retry_budget") is not None and "redis_url" in checked:
+            check_budget_has_redis(checked["retry_budget"], checked["redis_url"])
+        return overrides
+
+    @classmethod
+    def from_app(
+        cls, app: Any, overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Resolve settings for ``app`` from keyword overrides, environment and ``app.conf``."""
+        overrides = cls.check_overrides(overrides or {})
+        environ = os.environ if environ is None else environ
         conf = app.conf
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
@@ -111,6 +123,13 @@ class Settings:
         if values.get("redelivery_horizon") is None:
             values["redelivery_horizon"] = _redelivery_horizon(conf)
         return cls(**values)
+
+
+def check_budget_has_redis(budget: Any, redis_url: str | None) -> None:
+    """The retry budget is shared by all workers in Redis: it needs a Redis URL."""
+    if budget is not None and not redis_url:
+        raise ValueError("telemetry_guard_retry_budget needs telemetry_guard_redis_url "
+                         "(the budget is shared by all workers in Redis)")
 
 
 def _parse_env(name: str, text: str) -> Any:
@@ -157,7 +176,7 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if isinstance(raw, str) and raw.lstrip().startswith("["):
                 raw = json.loads(raw)
             return parse_redact_keys(raw)
-        if name in ("tracing", "redact_celery_logs"):
+        if name in ("tracing", "redact_celery_logs", "observe_all_tasks"):
             if isinstance(raw, str):
                 return raw.strip().lower() in ("1", "true", "yes", "on")
             return bool(raw)

@@ -13,12 +13,14 @@ from . import breaker
 from .budget import RetryBudget
 from .callbacks import ErrorCallback, ErrorCallbacks
 from .celery_logs import CeleryLogScrubber
+from .celery_retry import explicit_celery_retry_options, policy_from_celery_options
 from .classify import Classifier, Severity
-from .config import Settings
+from .config import Settings, check_budget_has_redis
 from .dispatch import Dispatcher
 from .events import BreakerChange, Decision, FailureEvent
+from .http import DEFAULT_NAME as HTTP_TASK_NAME
 from .http import resilient_request_task
-from .notify import register_notify_task
+from .notify import NOTIFY_TASK_NAME, register_notify_task
 from .policy import RetryPolicy, cap_below_horizon
 from .redact import Redactor
 from .routing import Router
@@ -30,7 +32,7 @@ from .sinks.logging import LogSink
 from .sinks.metrics import BreakerStateCollector, MetricsSink, get_metrics
 from .sinks.sentry import SentrySink
 from .sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink
-from .task import build_failure_event
+from .task import GuardedTask, build_failure_event
 
 #: How many recorded task ids a process remembers, to never report one failure twice.
 RECORDED_IDS = 4096
@@ -89,45 +91,129 @@ class TelemetryGuard:
     def __init__(self, app: Any, **settings: Any) -> None:
         previous: TelemetryGuard | None = getattr(app, "_telemetry_guard", None)
         self.app = app
-        self.settings = Settings.from_app(app, settings)
+        #: Keyword settings, checked now; the rest is read when the app is configured.
+        self._overrides = Settings.check_overrides(settings)
         self.log = structlog.get_logger("telemetry_guard")
         self.classifier = Classifier()
-        self.router = Router(self.settings.routes)
         self.error_callbacks = ErrorCallbacks()
         self.retry_policies: dict[str, RetryPolicy] = {}
-        s = self.settings
+        self._recorded: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._attempts: collections.OrderedDict[tuple[str, int], None] = (
+            collections.OrderedDict())
+        self._recorded_lock = threading.Lock()
+        self._capped_warned: set[str] = set()
+        self._setup_lock = threading.RLock()
+        self._celery_policies: dict[str, RetryPolicy] = {}
+        if previous is not None:
+            previous.close()
+        self.signals = GuardSignals(self)
+        self.signals.connect()
+        app._telemetry_guard = self
+        uid = f"telemetry_guard:{id(self)}"
+        app.on_after_configure.connect(self._on_app_configured, weak=False, dispatch_uid=uid)
+        app.on_after_finalize.connect(self._on_app_finalized, weak=False, dispatch_uid=uid)
+        if getattr(app, "configured", False):
+            self._setup()
+        else:  # a breaker used before the app is configured sets the guard up
+            breaker.set_pending_setup(self._setup)
+        if getattr(app, "finalized", False):
+            self._register_tasks()
+
+    # -- set-up, once the app's configuration is final ------------------------------------
+    #: Members built from the settings, on first use or when the app is configured.
+    _BUILT = frozenset({
+        "settings", "router", "redactor", "traceback_redactor", "metrics", "metrics_sink",
+        "dispatcher", "retry_budget", "_exporter_handler",
+        "_celery_log_scrubber",
+    })
+
+    def __getattr__(self, name: str) -> Any:
+        if name in TelemetryGuard._BUILT and not self.__dict__.get("_setting_up"):
+            self._setup()
+            if name in self.__dict__:
+                return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def ready(self) -> bool:
+        """Whether the settings were read and the sinks built."""
+        return bool(self.__dict__.get("_ready"))
+
+    def setup(self) -> None:
+        """Read the settings and build the sinks now (the worker does this when it starts)."""
+        self._setup()
+
+    def _on_app_configured(self, sender: Any = None, **_: Any) -> None:
+        self._setup()
+
+    def _on_app_finalized(self, sender: Any = None, **_: Any) -> None:
+        self._register_tasks()
+
+    def _setup(self) -> None:
+        """Read the settings (which configures the app) and build the sinks, once."""
+        with self._setup_lock:
+            if self.ready or self.__dict__.get("_closed") or self.__dict__.get("_setting_up"):
+                return
+            self._setting_up = True
+            try:
+                self._build()
+            finally:
+                self._setting_up = False
+        if getattr(self.app, "finalized", False):
+            self._register_tasks()
+
+    def _build(self) -> None:
+        """Everything the settings decide: redactors, router, sinks, breaker wiring."""
+        s = Settings.from_app(self.app, self._overrides)
+        check_budget_has_redis(s.retry_budget, s.redis_url)
+        self.settings = s
+        self.router = Router(s.routes)
         self.redactor = Redactor(keys=s.redact_keys, max_value_chars=s.max_value_chars,
                                  max_record_bytes=s.max_record_bytes)
         self.traceback_redactor = Redactor(
             keys=s.redact_keys, max_value_chars=s.max_value_chars * TRACEBACK_SIZE_FACTOR,
             max_record_bytes=s.max_record_bytes)
         self.metrics = get_metrics()
-        self.notify_task: Any = None
-        self.retry_budget: RetryBudget | None = None
+        self.retry_budget = None
         self.metrics_sink = MetricsSink(self.metrics, max_label_values=s.max_label_values)
         self.dispatcher = Dispatcher([], telemetry_errors=self.metrics.telemetry_errors)
         self.dispatcher.sinks = tuple(self._build_sinks())
-        self._recorded: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self._recorded_lock = threading.Lock()
-        self._capped_warned: set[str] = set()
         self._exporter_handler = (ExporterFailureHandler.install(self.report_error)
                                   if s.tracing else None)
-        if previous is not None:
-            previous.close()
         self._celery_log_scrubber = (
             CeleryLogScrubber(self.traceback_redactor.redact_text,
                               self.traceback_redactor.redact_tail).install()
             if s.redact_celery_logs else None)
-        self.signals = GuardSignals(self)
-        self.signals.connect()
         self._connect_breakers()
-        app._telemetry_guard = self
-        #: The built-in HTTP task (``telemetry_guard.resilient_request``) on this app.
-        self.resilient_request = resilient_request_task(app)
+        self._ready = True
+
+    def _register_tasks(self) -> None:
+        """Register the guard's tasks once the app is finalized (never before: Celery's
+        lazy task creation and ``task_annotations`` stay as the user set them)."""
+        if self.__dict__.get("_closed"):
+            return
+        resilient_request_task(self.app)
+        if self.ready and self.settings.email and not self.__dict__.get("_notify_registered"):
+            register_notify_task(self)
+            self._notify_registered = True
+
+    @property
+    def notify_task(self) -> Any:
+        """``telemetry_guard.notify`` on this app, None when e-mail is off (like
+        ``app.tasks``, this finalizes the app)."""
+        if not self.settings.email:
+            return None
+        return self.app.tasks[NOTIFY_TASK_NAME]
+
+    @property
+    def resilient_request(self) -> Any:
+        """The built-in HTTP task (``telemetry_guard.resilient_request``) on this app."""
+        return self.app.tasks[HTTP_TASK_NAME]
 
     def _connect_breakers(self) -> None:
         """Breakers of this process report through this guard and share its Redis."""
         breaker.CircuitBreaker.neutral = (Retry, Ignore, Reject)
+        breaker.set_pending_setup(None)
         breaker.set_default_redis_url(self.settings.redis_url)
         breaker.set_transition_listener(self.on_breaker_change)
         breaker.set_call_listener(self._count_breaker_call)
@@ -152,12 +238,8 @@ class TelemetryGuard:
         if SentrySink.wanted(s.sentry_dsn):
             sinks.append(SentrySink(self))
         if s.email:
-            self.notify_task = register_notify_task(self)
             sinks.append(EmailSink(self))
         if s.retry_budget is not None:
-            if not s.redis_url:
-                raise ValueError("telemetry_guard_retry_budget needs telemetry_guard_redis_url "
-                                 "(the budget is shared by all workers in Redis)")
             self.retry_budget = RetryBudget(s.redis_url, s.retry_budget, key_prefix=s.key_prefix,
                                             report_error=self.report_error)
             sinks.append(BudgetLifecycle(self.retry_budget))
@@ -181,11 +263,23 @@ class TelemetryGuard:
         return self.settings.redis_url is not None
 
     def policy_for(self, task: Any) -> RetryPolicy:
-        """Task option ``retry_policy`` → ``guard.retry_policies[name]`` → the app default."""
+        """Task option ``retry_policy`` → ``guard.retry_policies[name]`` → Celery's retry
+        options set on the task (``autoretry_for``, ``max_retries``, …) → the app default."""
         policy = getattr(task, "retry_policy", None)
+        if policy is not None:
+            return policy  # type: ignore[no-any-return]
+        name = task.name
+        policy = self.retry_policies.get(name)
+        if policy is not None:
+            return policy
+        policy = self._celery_policies.get(name)
         if policy is None:
-            policy = self.retry_policies.get(task.name, self.settings.default_retry_policy)
-        return policy  # type: ignore[no-any-return]
+            if explicit_celery_retry_options(type(task), GuardedTask):
+                policy = policy_from_celery_options(task)
+            else:
+                policy = self.settings.default_retry_policy
+            self._celery_policies[name] = policy
+        return policy
 
     def severity_of(self, task: Any, exc: BaseException) -> Severity:
         """Task option ``severity`` when set, else the classifier's verdict."""
@@ -230,6 +324,7 @@ class TelemetryGuard:
                 self._recorded[event.task_id] = self._recorded.get(event.task_id, 0) + 1
                 if len(self._recorded) > RECORDED_IDS:
                     self._recorded.popitem(last=False)
+            self._remember_attempt(event.task_id, event.attempt)
         self.dispatcher.failure(event)
         if event.exception is not None:
             self.error_callbacks.run(event.exception, event, self.report_error)
@@ -241,6 +336,22 @@ class TelemetryGuard:
         each callback fails open.
         """
         self.error_callbacks.register(exc_type, callback)
+
+    def _remember_attempt(self, task_id: str, attempt: int) -> None:
+        with self._recorded_lock:
+            self._attempts[(task_id, attempt)] = None
+            if len(self._attempts) > RECORDED_IDS:
+                self._attempts.popitem(last=False)
+
+    def mark_attempt_handled(self, request: Any) -> None:
+        """Say this attempt needs no event from Celery's signals (e.g. a breaker wait)."""
+        task_id = getattr(request, "id", None)
+        if task_id:
+            self._remember_attempt(task_id, (getattr(request, "retries", 0) or 0) + 1)
+
+    def attempt_recorded(self, task_id: str | None, attempt: int) -> bool:
+        """Whether this process already reported (or handled) attempt ``attempt`` of a task."""
+        return task_id is not None and (task_id, attempt) in self._attempts
 
     def was_recorded(self, task_id: str | None) -> bool:
         """Whether this process already reported a failure of ``task_id``."""
@@ -292,20 +403,28 @@ class TelemetryGuard:
 
     def close(self) -> None:
         """Disconnect signals, flush and close sinks."""
-        signals = getattr(self, "signals", None)
+        self._closed = True
+        signals = self.__dict__.get("signals")
         if signals is not None:
             signals.disconnect()
-        if getattr(self.app, "_telemetry_guard", None) is self:
-            breaker.set_transition_listener(None)
-            breaker.set_call_listener(None)
-            breaker.set_error_listener(None)
-            breaker.set_default_redis_url(None)
-            if BreakerStateCollector.label is self.metrics_sink.breaker_label:
-                BreakerStateCollector.label = None
-        if self._exporter_handler is not None:
-            self._exporter_handler.uninstall()
-        if self._celery_log_scrubber is not None:
-            self._celery_log_scrubber.uninstall()
-        self.dispatcher.close()
-        if getattr(self.app, "_telemetry_guard", None) is self:
+        uid = f"telemetry_guard:{id(self)}"
+        self.app.on_after_configure.disconnect(dispatch_uid=uid)
+        self.app.on_after_finalize.disconnect(dispatch_uid=uid)
+        current = getattr(self.app, "_telemetry_guard", None) is self
+        if current:
+            breaker.set_pending_setup(None)
+        if self.ready:
+            if current:
+                breaker.set_transition_listener(None)
+                breaker.set_call_listener(None)
+                breaker.set_error_listener(None)
+                breaker.set_default_redis_url(None)
+                if BreakerStateCollector.label is self.metrics_sink.breaker_label:
+                    BreakerStateCollector.label = None
+            if self._exporter_handler is not None:
+                self._exporter_handler.uninstall()
+            if self._celery_log_scrubber is not None:
+                self._celery_log_scrubber.uninstall()
+            self.dispatcher.close()
+        if current:
             del self.app._telemetry_guard

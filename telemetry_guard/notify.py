@@ -485,6 +485,10 @@ class NotifyTask(Task):  # type: ignore[misc]
 
     #: Set by :func:`register_notify_task`; the latest guard of the app wins.
     notifier: Notifier | None = None
+    #: Its failures are the notifier's own (counted there), never notified again.
+    telemetry_guard_observe = False
+    #: ``apply_async`` options for sending it: the notification queue and priority.
+    send_options: dict[str, Any] = {}
 
 
 def _notify(self: NotifyTask, payload: dict[str, Any]) -> str:
@@ -497,17 +501,17 @@ def _notify(self: NotifyTask, payload: dict[str, Any]) -> str:
 
 def register_notify_task(guard: Any) -> Any:
     """Register ``telemetry_guard.notify`` on the guard's app (once; later guards rebind it)."""
-    settings = guard.settings
     notifier = Notifier(guard)
-    conf = guard.app.conf
-    priority = notification_priority(conf.broker_write_url or conf.broker_url)
+    # No ``queue``/``priority`` task attributes (Celery 6 drops them): whoever sends the task
+    # (the e-mail sink, a dead-letter replay) passes ``send_options`` to ``apply_async``.
     task = guard.app.task(
         _notify, name=NOTIFY_TASK_NAME, base=NotifyTask, bind=True, shared=False, lazy=False,
-        acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-        queue=settings.notification_queue, priority=priority)
+        acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     if not isinstance(task, NotifyTask):
         raise RuntimeError(f"the app already has a task named {NOTIFY_TASK_NAME!r}")
     task.notifier = notifier
-    task.queue = settings.notification_queue
-    task.priority = priority
+    conf = guard.app.conf
+    task.send_options = {
+        "queue": guard.settings.notification_queue,
+        "priority": notification_priority(conf.broker_write_url or conf.broker_url)}
     return task

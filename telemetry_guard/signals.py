@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import WorkerLostError
 from celery import signals
-from celery.exceptions import TimeLimitExceeded
+from celery.exceptions import Reject, TimeLimitExceeded
 
 from . import callbacks, exposition
+from .celery_retry import gave_up_in_celery_retry, retried_exception, retry_delay
 from .sinks.tracing import inject_headers
 from .task import GuardedTask
 
@@ -37,9 +38,12 @@ class GuardSignals:
         ]
 
     def connect(self) -> None:
-        """Connect every handler (replacing those of an earlier guard of the same app)."""
+        """Connect every handler (replacing those of an earlier guard of the same app).
+
+        Weakly: an app and its guard that nobody uses any more leave no handler behind.
+        """
         for signal, handler in self._pairs():
-            signal.connect(handler, weak=False, dispatch_uid=self._uid)
+            signal.connect(handler, weak=True, dispatch_uid=self._uid)
 
     def disconnect(self) -> None:
         """Disconnect every handler and stop the metrics server."""
@@ -50,48 +54,80 @@ class GuardSignals:
     # -- producer -----------------------------------------------------------------------
     def on_before_publish(self, sender: Any = None, headers: Any = None, **_: Any) -> None:
         """Carry the producer's trace context to the worker in the task headers."""
-        if headers is None or not self.guard.tracing:
+        guard = self.guard
+        if headers is None or not guard.ready or not guard.tracing:
             return
         try:
             inject_headers(headers)
         except Exception as exc:
-            self.guard.report_error("tracing", exc)
+            guard.report_error("tracing", exc)
 
-    # -- failures seen outside the task's own thread --------------------------------------
+    # -- failures and retries of every task, in the process where they happened -----------
+    def observes(self, task: Any) -> bool:
+        """Whether failures of ``task`` are this guard's to report from Celery's signals."""
+        if getattr(task, "app", None) is not self.guard.app:
+            return False
+        if isinstance(task, GuardedTask):
+            return True
+        return (getattr(task, "telemetry_guard_observe", True)
+                and self.guard.settings.observe_all_tasks)
+
     def on_task_failure(self, sender: Any = None, task_id: str | None = None,
                         exception: BaseException | None = None, args: Any = None,
                         kwargs: Any = None, einfo: Any = None, **_: Any) -> None:
-        """Report failures GuardedTask never saw: a lost child, a hard time limit."""
-        if (exception is None or not isinstance(sender, GuardedTask)
-                or getattr(sender, "app", None) is not self.guard.app
-                or self.guard.was_recorded(task_id)):
+        """Report a failed attempt no task hook reported: a plain task's failure, a
+        lost child, a hard time limit."""
+        if exception is None or isinstance(exception, Reject) or not self.observes(sender):
             return
         request = sender.request
         if getattr(request, "id", None) != task_id:
             request = _RequestStub(task_id)
-        reason = ("worker_lost" if isinstance(exception, WorkerLostError)
-                  else "time_limit" if isinstance(exception, TimeLimitExceeded)
-                  else "failed_outside_task")
-        self.guard.record_outside_task(
+        guard = self.guard
+        if guard.attempt_recorded(task_id, (request.retries or 0) + 1):
+            return
+        if isinstance(exception, WorkerLostError):
+            reason = "worker_lost"
+        elif isinstance(exception, TimeLimitExceeded):
+            reason = "time_limit"
+        elif gave_up_in_celery_retry(exception):
+            reason = "max_retries_exceeded"
+        elif isinstance(sender, GuardedTask):
+            reason = "failed_outside_task"
+        else:
+            reason = "not_retryable"
+        guard.record_outside_task(
             sender, exception, args=args, kwargs=kwargs, request=request, einfo=einfo,
-            decision="give_up", reason=reason)
+            decision="give_up", reason=reason, max_retries=_max_retries(sender))
 
     def on_task_retry(self, sender: Any = None, request: Any = None, reason: Any = None,
                       einfo: Any = None, **_: Any) -> None:
-        """Report a lost child that Celery retries (``task_retry_on_worker_lost``)."""
-        exc = getattr(reason, "exc", None)
-        if (not isinstance(exc, WorkerLostError) or not isinstance(sender, GuardedTask)
-                or getattr(sender, "app", None) is not self.guard.app):
+        """Report a retry Celery scheduled: ``autoretry_for``, ``self.retry(...)``, or a lost
+        child retried by ``task_retry_on_worker_lost``."""
+        if reason is None or not self.observes(sender):
             return
-        self.guard.record_outside_task(
+        guard = self.guard
+        task_id = getattr(request, "id", None)
+        if guard.attempt_recorded(task_id, (getattr(request, "retries", 0) or 0) + 1):
+            return
+        exc = retried_exception(reason) if isinstance(reason, BaseException) else reason
+        if not isinstance(exc, BaseException):
+            return
+        guard.record_outside_task(
             sender, exc, args=getattr(request, "args", ()), kwargs=getattr(request, "kwargs", {}),
-            request=request, einfo=einfo, decision="retry", reason="worker_lost",
-            delay=float(getattr(reason, "when", 0) or 0),
-            max_retries=getattr(sender, "max_retries", None))
+            request=request, einfo=einfo, decision="retry",
+            reason="worker_lost" if isinstance(exc, WorkerLostError) else "",
+            delay=retry_delay(reason), max_retries=_max_retries(sender))
 
     # -- worker lifecycle ---------------------------------------------------------------
+    def _is_my_worker(self, sender: Any) -> bool:
+        return getattr(sender, "app", None) is self.guard.app
+
     def on_worker_init(self, sender: Any = None, **_: Any) -> None:
-        """Main process, before the pool starts: clean the multiprocess metrics directory."""
+        """Main process, before the pool starts: read the settings, clean the multiprocess
+        metrics directory."""
+        if not self._is_my_worker(sender):
+            return
+        self.guard.setup()
         path = exposition.multiproc_dir()
         if path is not None:
             try:
@@ -101,6 +137,8 @@ class GuardSignals:
 
     def on_worker_ready(self, sender: Any = None, **_: Any) -> None:
         """Main process, pool started: serve ``/metrics`` when a port is configured."""
+        if not self._is_my_worker(sender):
+            return
         port = self.guard.settings.metrics_port
         if port is None or self._metrics_server is not None:
             return
@@ -115,15 +153,18 @@ class GuardSignals:
         """Prefork child, after fork: re-create per-process sink state."""
         self._metrics_server = None  # the parent's server thread does not exist here
         callbacks.mark_pool_child()
-        self.guard.dispatcher.after_fork()
+        if self.guard.ready:
+            self.guard.dispatcher.after_fork()
 
     def on_worker_process_shutdown(self, **_: Any) -> None:
         """Prefork child exiting: flush buffered records and spans."""
-        self.guard.dispatcher.flush(timeout=3.0)
+        if self.guard.ready:
+            self.guard.dispatcher.flush(timeout=3.0)
 
     def on_worker_shutdown(self, **_: Any) -> None:
         """Main process exiting: flush, stop serving metrics."""
-        self.guard.dispatcher.flush(timeout=5.0)
+        if self.guard.ready:
+            self.guard.dispatcher.flush(timeout=5.0)
         self._stop_metrics_server()
 
     @property
@@ -136,6 +177,13 @@ class GuardSignals:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+def _max_retries(task: Any) -> int | None:
+    """The retry limit Celery applies to ``task`` (``retry_kwargs`` first)."""
+    options = getattr(task, "retry_kwargs", None) or {}
+    value = options.get("max_retries", getattr(task, "max_retries", None))
+    return value if isinstance(value, int) else None
 
 
 class _RequestStub:

@@ -15,6 +15,11 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from .breaker import CircuitBreaker, get_breaker
 from .callbacks import outcome_for
+from .celery_retry import (
+    UNBOUNDED_RETRIES,
+    explicit_celery_retry_options,
+    gave_up_in_celery_retry,
+)
 from .classify import Severity, escalate
 from .events import Decision, FailureEvent
 from .exceptions import CircuitOpenError, UnpicklableTaskError
@@ -45,10 +50,29 @@ class GuardedTask(Task):  # type: ignore[misc]
     fallback: Callable[..., Any] | None = None
     routes: Any = None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        celery_options = explicit_celery_retry_options(cls, GuardedTask)
+        if celery_options and getattr(cls, "retry_policy", None) is not None:
+            raise TypeError(
+                f"task {cls.__dict__.get('name') or cls.__name__!r} sets both retry_policy and "
+                f"Celery's retry options ({', '.join(celery_options)}); give one: Celery's "
+                "options alone become the task's retry policy")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Celery calls ``task.run`` (and ``Task.__call__`` keeps its own protocol); the guard
+        # wraps the body. ``_orig_run`` also tells Celery's autoretry wrapper to stand down:
+        # the guard applies Celery's retry options itself, once.
+        self._orig_run = self.run
+        self.run = self._guarded_run
+
+    def _guarded_run(self, *args: Any, **kwargs: Any) -> Any:
+        """The task body under the guard: span, breaker, policy, one event per failure."""
         request = self.request
+        body = self._orig_run
         if request.called_directly:
-            return super().__call__(*args, **kwargs)
+            return body(*args, **kwargs)
         guard = _guard_of(self.app)
         if guard.retry_budget is not None and not request.retries:
             guard.retry_budget.deposit(self.name)
@@ -56,9 +80,9 @@ class GuardedTask(Task):  # type: ignore[misc]
         started = time.perf_counter()
         try:
             if self.breaker is None:
-                result = self.run(*args, **kwargs)
+                result = body(*args, **kwargs)
             else:
-                result = resolve_breaker(self.breaker).call(self.run, *args, **kwargs)
+                result = resolve_breaker(self.breaker).call(body, *args, **kwargs)
         except _PASS_THROUGH:
             guard.runtime(self.name, "retry").observe(time.perf_counter() - started)
             raise
@@ -89,9 +113,13 @@ class GuardedTask(Task):  # type: ignore[misc]
         policy = guard.policy_for(self)
         retries = request.retries or 0
         delay: float | None = None
-        if policy.allows_retry(exc, retries) and (
+        max_retries = None if policy.max_retries >= UNBOUNDED_RETRIES else policy.max_retries
+        if gave_up_in_celery_retry(exc):  # a manual ``self.retry`` used up max_retries
+            decision: Decision = "give_up"
+            reason = "max_retries_exceeded"
+        elif policy.allows_retry(exc, retries) and (
                 guard.retry_budget is None or guard.retry_budget.withdraw(self.name)):
-            decision: Decision = "retry"
+            decision = "retry"
             reason = ""
             delay = guard.cap_countdown(self.name, _honour_retry_after(
                 policy.delay(retries + 1), exc, policy))
@@ -103,18 +131,25 @@ class GuardedTask(Task):  # type: ignore[misc]
             reason = "max_retries_exceeded" if policy.should_retry(exc) else "not_retryable"
         event = build_failure_event(
             guard, self, exc, args=args, kwargs=kwargs, request=request, decision=decision,
-            delay=delay, reason=reason, max_retries=policy.max_retries)
+            delay=delay, reason=reason, max_retries=max_retries)
         guard.record(event)
         if decision == "retry":
             guard.runtime(self.name, "retry").observe(elapsed)
             return _Raise(self.retry(exc=transportable(exc, event.traceback), countdown=delay,
-                                     max_retries=policy.max_retries, throw=False))
+                                     max_retries=max_retries, throw=False,
+                                     **self._retry_options()))
         guard.runtime(self.name, "failure").observe(elapsed)
         if self.fallback is not None and reason in ("max_retries_exceeded",
                                                     "retry_budget_exhausted"):
             return self._fallback()(*args, **kwargs)
         replacement = outcome_for(exc)
         return _RERAISE if replacement is exc else _Raise(replacement)
+
+    def _retry_options(self) -> dict[str, Any]:
+        """Celery's ``retry_kwargs`` besides the countdown and limit the policy decides."""
+        options = getattr(self, "retry_kwargs", None) or {}
+        return {key: value for key, value in options.items()
+                if key not in ("countdown", "eta", "max_retries", "exc", "throw")}
 
     def _fallback(self) -> Callable[..., Any]:
         """The ``fallback`` option as given (a function set as a task option is not bound)."""
@@ -128,6 +163,7 @@ class GuardedTask(Task):  # type: ignore[misc]
         request = self.request
         waited = _seconds(getattr(request, BREAKER_WAIT_HEADER, None))
         delay = exc.retry_after + random.uniform(0.0, max(1.0, 0.1 * exc.retry_after))
+        guard.mark_attempt_handled(request)  # a wait for the breaker, not a failed attempt
         if waited + delay > guard.settings.breaker_max_wait:
             guard.record(build_failure_event(
                 guard, self, exc, args=args, kwargs=kwargs, request=request,

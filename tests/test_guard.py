@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,9 +30,11 @@ def app() -> Iterator[Celery]:
 
 
 def our_receivers(signal: Any, app: Celery) -> list[Any]:
-    """The receivers telemetry_guard connected to ``signal`` for ``app``."""
-    return [receiver for key, receiver in signal.receivers
-            if str(key[0]).startswith("telemetry_guard:") and receiver.__self__.guard.app is app]
+    """The live receivers telemetry_guard connected to ``signal`` for ``app``."""
+    live = [receiver() if isinstance(receiver, weakref.ref) else receiver
+            for key, receiver in signal.receivers if str(key[0]).startswith("telemetry_guard:")]
+    return [receiver for receiver in live
+            if receiver is not None and receiver.__self__.guard.app is app]
 
 
 def test_guard_registers_itself_on_the_app(app: Celery) -> None:

@@ -7,6 +7,7 @@ import email
 import email.policy
 import json
 import time
+import warnings
 from typing import Any
 
 import pytest
@@ -226,17 +227,24 @@ def test_rabbitmq_notification_queue_is_declared_with_max_priority() -> None:
 
 
 def test_notify_task_is_a_plain_late_acked_task_on_the_notification_queue() -> None:
-    """The notify task: named, acks late, requeued on worker loss, no result, not guarded."""
+    """The notify task: named, acks late, requeued on worker loss, no result, not guarded;
+    registered when the app finalizes, routed by send options (no Celery-6-deprecated
+    ``queue``/``priority`` task attributes, so no deprecation warning)."""
     app = Celery("notify-test", broker="redis://127.0.0.1:1/0", set_as_current=False)
     guard = TelemetryGuard(app, email=EMAIL, redis_url=None)
-    task = guard.notify_task
+    assert NOTIFY_TASK_NAME not in app._tasks  # nothing registered before finalize
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        app.finalize()
+        task = guard.notify_task
     assert task.name == NOTIFY_TASK_NAME and task.app is app
     assert isinstance(task, NotifyTask) and not isinstance(task, GuardedTask)
     assert task.acks_late and task.reject_on_worker_lost and task.ignore_result
-    assert (task.queue, task.priority) == ("telemetry_guard.notifications", 0)
+    assert task.queue is None and task.priority is None  # Celery's own defaults
+    assert task.send_options == {"queue": "telemetry_guard.notifications", "priority": 0}
     again = TelemetryGuard(app, email={**EMAIL, "recipients": ["new@example.com"]},
                            redis_url=None, notification_queue="mail")
-    assert again.notify_task is task and task.queue == "mail"
+    assert again.notify_task is task and task.send_options["queue"] == "mail"
     assert task.notifier.config.recipients == ("new@example.com",)
     again.close()
 

@@ -19,6 +19,7 @@ from .registry import (
     get_breaker,
     get_default_redis_url,
     set_default_redis_url,
+    set_pending_setup,
     unregister,
 )
 from .state import BreakerConfig, BreakerSnapshot
@@ -40,6 +41,7 @@ __all__ = [
     "get_default_redis_url",
     "set_call_listener",
     "set_default_redis_url",
+    "set_pending_setup",
     "set_error_listener",
     "set_transition_listener",
     "states",

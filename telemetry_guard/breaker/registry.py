@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -11,6 +12,7 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 _breakers: dict[str, CircuitBreaker] = {}
 _default_redis_url: str | None = None
+_pending_setup: Callable[[], None] | None = None
 
 
 def register(breaker: CircuitBreaker) -> None:
@@ -55,6 +57,20 @@ def set_default_redis_url(url: str | None) -> None:
         breaker._default_redis_url_changed()
 
 
+def set_pending_setup(callback: Callable[[], None] | None) -> None:
+    """Register the set-up of a guard that has not read its settings yet.
+
+    A breaker that needs the default Redis URL before then runs it (once), so a breaker
+    used before the Celery app is configured still shares the guard's Redis.
+    """
+    global _pending_setup
+    _pending_setup = callback
+
+
 def get_default_redis_url() -> str | None:
     """The Redis URL breakers built with ``redis_url=None`` use; None until the guard sets it."""
+    global _pending_setup
+    if _default_redis_url is None and _pending_setup is not None:
+        callback, _pending_setup = _pending_setup, None
+        callback()
     return _default_redis_url

@@ -137,16 +137,19 @@ class Replay:
 
     def send_options(self, app: Any, queue: str | None = None) -> dict[str, Any]:
         """``send_task`` options: ``queue`` when given, else the registered task's own queue
-        (the app's ``task_routes`` and default queue apply as for any ``send_task``), and
-        the task's priority, else the one the message had."""
+        (its ``send_options``, as the guard's notify task has, or its ``queue``; the app's
+        ``task_routes`` and default queue apply as for any ``send_task``), and the task's
+        priority, else the one the message had."""
         task = registered_tasks(app).get(self.task) if self.task else None
         out: dict[str, Any] = {}
-        own_queue = getattr(task, "queue", None)
+        own = getattr(task, "send_options", None)
+        own = own if isinstance(own, dict) else {}
+        own_queue = own.get("queue", getattr(task, "queue", None))
         if queue:
             out["queue"] = queue
         elif isinstance(own_queue, str) and own_queue:
             out["queue"] = own_queue
-        priority = getattr(task, "priority", None)
+        priority = own.get("priority", getattr(task, "priority", None))
         if not _is_priority(priority):
             priority = self.options.get("priority")
         if _is_priority(priority):

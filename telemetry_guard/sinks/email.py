@@ -109,16 +109,16 @@ class EmailSink(Sink):
 
     def __init__(self, guard: Any) -> None:
         self.guard = guard
-        if getattr(guard, "notify_task", None) is None:
-            from ..notify import register_notify_task
-
-            guard.notify_task = register_notify_task(guard)
-        self.task = guard.notify_task
         self.queue_name: str = guard.settings.notification_queue
         conf = guard.app.conf
         self.broker_url = conf.broker_write_url or conf.broker_url
         self.priority = notification_priority(self.broker_url)
         self._queue: str | Queue | None = None
+
+    @property
+    def task(self) -> Any:
+        """``telemetry_guard.notify`` on the guard's app (registered when the app finalizes)."""
+        return self.guard.notify_task
 
     def _destination(self) -> str | Queue:
         """The queue name, or on RabbitMQ a priority queue unless the app declares its own."""

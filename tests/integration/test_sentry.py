@@ -120,7 +120,7 @@ def test_high_failure_is_one_redacted_event_with_tags_fingerprint_and_celery_con
     assert exception["value"] == "charge failed token=[REDACTED]"
     assert exception["mechanism"]["type"] == "telemetry_guard"
     functions = [frame["function"] for frame in exception["stacktrace"]["frames"]]
-    assert functions[-1] == "charge" and "__call__" in functions
+    assert functions[-1] == "charge" and "_guarded_run" in functions
     raw = server.raw()
     assert b"canary-pw" not in raw and b"canary-tok" not in raw
 
@@ -327,6 +327,7 @@ def test_application_client_wins_over_the_dsn_setting(
     client = sentry_sdk.get_client()
     with capture_logs() as logs:
         guard = TelemetryGuard(celery_app, sentry_dsn="http://other@127.0.0.1:9/2")
+        guard.setup()
     assert sentry_sdk.get_client() is client
     assert [e for e in logs if e["event"] == "sentry.dsn_ignored"]
     assert [s for s in guard.dispatcher.sinks if s.name == "sentry"]
