@@ -55,10 +55,10 @@ def policy_from_celery_options(task: Any) -> RetryPolicy:
         "retry_on": tuple(getattr(task, "autoretry_for", ()) or ()),
         "dont_retry_on": tuple(getattr(task, "dont_autoretry_for", ()) or ()),
     }
-    if backoff:
+    if backoff:  # Celery: min(retry_backoff_max, factor * 2 ** retries), then full jitter
         factor = float(int(max(1.0, float(backoff))))
-        fields.update(base_delay=factor, backoff_factor=2.0,
-                      max_delay=max(factor, float(getattr(task, "retry_backoff_max", 600))),
+        cap = max(0.0, float(getattr(task, "retry_backoff_max", 600)))
+        fields.update(base_delay=min(factor, cap), backoff_factor=2.0, max_delay=cap,
                       jitter="full" if getattr(task, "retry_jitter", True) else "none")
     else:
         countdown = retry_kwargs.get("countdown", getattr(task, "default_retry_delay", 180))

@@ -118,22 +118,11 @@ IDIOMS: dict[str, Idiom] = {
 }
 
 
-#: Product bugs, reported to the maintainers: (idiom, guarded) -> what is wrong.
-KNOWN_BUGS = {
-    ("retry_backoff_max_below_factor", True): (
-        "GuardedTask derives max_delay=max(factor, retry_backoff_max) from Celery's options, "
-        "so a retry_backoff_max below the backoff factor does not cap the delay as Celery "
-        "does (min(retry_backoff_max, factor * 2 ** retries)): 1 s instead of 0 s here"),
-}
-
-
 def idiom_params() -> Iterator[Any]:
-    """Every idiom as a plain task and as a GuardedTask; known product bugs are xfail."""
+    """Every idiom as a plain task and as a GuardedTask."""
     for name in IDIOMS:
         for guarded in (False, True):
-            bug = KNOWN_BUGS.get((name, guarded))
-            marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
-            yield pytest.param(name, guarded, marks=marks,
+            yield pytest.param(name, guarded,
                                id=f"{name}-{'guarded' if guarded else 'plain'}")
 
 
