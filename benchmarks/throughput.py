@@ -1,9 +1,11 @@
-"""Worker throughput of no-op Celery tasks: bare Celery, GuardedTask, and the DIY stack.
+"""Worker throughput of no-op Celery tasks: bare Celery, guard-observed, GuardedTask, DIY.
 
 One private redis-server is the broker. Each (rep, workload, variant) run starts a fresh
-`celery worker -P solo` and warms it with 200 tasks; N messages staged in an unconsumed list
-are RENAMEd into its queue at t0, and the last (a sentinel) writes the end time to Redis.
-Throughput = N / (end - t0); runs are interleaved and the median of R repetitions reported.
+`celery worker -P solo` and warms it with 200 tasks, the first of which fails (so a guarded
+worker must have recorded it: proof that its guard is connected); N messages staged in an
+unconsumed list are RENAMEd into its queue at t0, and the last (a sentinel) writes the end
+time to Redis. Throughput = N / (end - t0); runs are interleaved (the order reversed every
+other repetition, which cancels a linear drift) and the median of R repetitions reported.
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ from benchmarks.apps._common import (  # noqa: E402
     STAGING_QUEUE,
 )
 
-VARIANTS = ("bare", "guarded", "diy")
+#: ``observed`` runs next to ``bare`` in each repetition: their paired ratio at 0 % failing
+#: is the success-path requirement below.
+VARIANTS = ("bare", "observed", "guarded", "diy")
+#: Variants whose guard writes every failure to the error log (checked after each run).
+RECORDING_VARIANTS = ("observed", "guarded")
+#: Plain tasks in a guarded app, 0 % failing, must run at least this fraction of bare.
+OBSERVED_MIN_RATIO = 0.97
 BROKER_DB = 0
 ERRORLOG_DB = 1
 ERRORS_STREAM = "telemetry_guard:errors"
@@ -116,6 +124,11 @@ def publish(app: Celery, producer: Any, queue: str, count: int, fail_every: int,
     app.send_task(SENTINEL, args=sentinel, queue=queue, producer=producer)
 
 
+def publish_probe(app: Celery, producer: Any, queue: str) -> None:
+    """One no-op task that fails (``fail_every=1``): a guarded worker must record it."""
+    app.send_task(NOOP, args=(0, 1), queue=queue, producer=producer)
+
+
 def failures(count: int, fail_every: int) -> int:
     """How many of the no-op tasks ``0 .. count - 1`` raise."""
     return count // fail_every if fail_every else 0
@@ -151,7 +164,9 @@ def run_once(server: PrivateRedis, producer_app: Celery, *, rep: int, variant: s
         with producer_app.connection_for_write() as conn:
             producer = conn.Producer()
             publish(producer_app, producer, STAGING_QUEUE, tasks, fail_every, (name, "end"))
-            publish(producer_app, producer, QUEUE, warmup, fail_every, (f"{name}-warm", "warm"))
+            publish_probe(producer_app, producer, QUEUE)
+            publish(producer_app, producer, QUEUE, warmup - 1, fail_every,
+                    (f"{name}-warm", "warm"))
         staged = broker.llen(STAGING_QUEUE)
         if staged != tasks:
             raise RuntimeError(f"{staged} messages in the Redis list {STAGING_QUEUE!r}, "
@@ -169,11 +184,13 @@ def run_once(server: PrivateRedis, producer_app: Celery, *, rep: int, variant: s
                            f"{end['llen']}, {end['processed']} tasks before it)")
     seconds = float(end["end"]) - start
     errorlog = None
-    if variant == "guarded":  # the worker has flushed its error log on shutdown
+    if variant in RECORDING_VARIANTS:  # the worker has flushed its error log on shutdown
         errorlog = int(server.client(ERRORLOG_DB).xlen(ERRORS_STREAM))
-        expected = failures(warmup - 1, fail_every) + failures(tasks - 1, fail_every)
+        expected = 1 + failures(warmup - 2, fail_every) + failures(tasks - 1, fail_every)
         if errorlog != expected:
-            raise RuntimeError(f"{name}: {errorlog} error log records, expected {expected}")
+            raise RuntimeError(
+                f"{name}: {errorlog} error log records, expected {expected} (the warm-up's "
+                f"failing probe included): is the guard installed and observing this task?")
     run = Run(rep, variant, failing_percent, tasks, seconds, tasks / seconds, errorlog)
     if gc_stats:
         run.gc_ms, run.gc_full = float(end["gc_ms"]), int(end["gc_full"])
@@ -231,6 +248,23 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def observed_requirement(rows: list[Row]) -> dict[str, Any] | None:
+    """Plain tasks in a guarded app vs bare Celery, 0 % failing (None when not measured)."""
+    row = next((r for r in rows if r.variant == "observed" and r.failing_percent == 0), None)
+    if row is None or row.ratio_to_bare is None or row.paired_ratio is None:
+        return None  # not measured, or without bare
+    return {"variant": "observed", "failing_percent": 0, "minimum_ratio": OBSERVED_MIN_RATIO,
+            "ratio_to_bare": row.ratio_to_bare, "paired_ratio": row.paired_ratio,
+            "met": row.paired_ratio >= OBSERVED_MIN_RATIO}
+
+
+def requirement_line(found: dict[str, Any]) -> str:
+    verdict = "met" if found["met"] else "NOT met"
+    return (f"plain tasks in a guarded app, 0% failing: observed/bare = "
+            f"{found['paired_ratio']:.3f} paired ({found['ratio_to_bare']:.3f} ratio of "
+            f"medians); requirement paired >= {found['minimum_ratio']:.2f}: {verdict}")
+
+
 def machine(server: PrivateRedis) -> dict[str, Any]:
     model = ""
     try:
@@ -257,8 +291,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=3000,
                         help="messages in each measured window, sentinel included (3000)")
-    parser.add_argument("--reps", type=int, default=5, help="repetitions (5)")
-    parser.add_argument("--warmup", type=int, default=200, help="warm-up tasks per run (200)")
+    parser.add_argument("--reps", type=int, default=4, help="repetitions (4)")
+    parser.add_argument("--warmup", type=int, default=200,
+                        help="warm-up tasks per run, the failing probe and sentinel "
+                             "included (200)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--workloads", nargs="+", type=int, default=[0, 20],
                         metavar="PERCENT", help="percent of failing tasks, dividing 100 (0 20)")
@@ -275,8 +311,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for p in args.workloads:
         if p < 0 or (p and 100 % p):
             parser.error(f"--workloads: {p} does not divide 100")
-    if args.tasks < 2 or args.warmup < 2:
-        parser.error("--tasks and --warmup must be at least 2")
+    if args.tasks < 2 or args.warmup < 3:
+        parser.error("--tasks must be at least 2 and --warmup at least 3")
     return args
 
 
@@ -290,6 +326,11 @@ def reproduce(args: argparse.Namespace) -> str:
     if args.gc_stats:
         words.append("--gc-stats")
     return f"cd {shlex.quote(str(ROOT))} && {shlex.join(words)}"
+
+
+def run_order(variants: list[str], rep: int) -> list[str]:
+    """The variants in their order on odd repetitions, reversed on even ones."""
+    return list(variants) if rep % 2 else list(reversed(variants))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         total = args.reps * len(args.workloads) * len(args.variants)
         for rep in range(1, args.reps + 1):
             for workload in args.workloads:
-                for variant in args.variants:
+                for variant in run_order(args.variants, rep):
                     run = run_once(server, producer_app, rep=rep, variant=variant,
                                    failing_percent=workload, tasks=args.tasks,
                                    warmup=args.warmup, workdir=workdir,
@@ -329,12 +370,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"worker logs kept in {workdir}", file=sys.stderr)
     rows = summarise(runs, args.variants, args.workloads)
+    requirement = observed_requirement(rows)
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    print(f"method: {args.reps} interleaved reps, {args.tasks} tasks per window after "
-          f"{args.warmup} warm-up tasks, worker -P solo -c 1, prefetch multiplier "
-          f"{PREFETCH_MULTIPLIER}, acks_late, no result backend"
+    print(f"method: {args.reps} interleaved reps (order reversed every other rep), "
+          f"{args.tasks} tasks per window after "
+          f"{args.warmup} warm-up tasks (the first fails), worker -P solo -c 1, prefetch "
+          f"multiplier {PREFETCH_MULTIPLIER}, acks_late, no result backend"
           + (" [PROFILED: not comparable]" if args.profile is not None else ""))
     print(table(rows))
+    if requirement is not None:
+        print(requirement_line(requirement))
     print(f"reproduce: {reproduce(args)}")
     print(f"wall time: {time.monotonic() - began:.0f} s")
     if args.json is not None:
@@ -342,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             "tasks": args.tasks, "reps": args.reps, "warmup": args.warmup,
             "variants": args.variants, "workloads": args.workloads,
             "profiled": args.profile is not None},
-            "summary": [asdict(r) for r in rows], "runs": [asdict(r) for r in runs]}
+            "summary": [asdict(r) for r in rows], "observed_requirement": requirement,
+            "runs": [asdict(r) for r in runs]}
         text = json.dumps(document, indent=2)
         if args.json == "-":
             print(text)
