@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-reliability demo bench lint clean
+.PHONY: test test-reliability test-peers demo bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ test: $(STAMP)
 test-reliability: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/reliability $(ARGS) || test $$? -eq 5  # 5: none collected
 
+# Celery's own unit tests, bare and with the guard installed: no new failure allowed.
+test-peers: $(STAMP)
+	$(BIN)/python tests/peers/run_celery_suite.py $(ARGS)
+
 demo: $(STAMP)
 	$(BIN)/python -m telemetry_guard.demo $(ARGS)
 
@@ -28,4 +32,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check telemetry_guard tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .peers build *.egg-info

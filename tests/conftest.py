@@ -17,6 +17,8 @@ from tests.servers import RedisServer, start_redis
 
 #: Fixtures of the breaker tests (``heard``, ``counted``).
 pytest_plugins = ["tests.breakers"]
+#: Celery's own tests with the guard installed: ``make test-peers`` runs them.
+collect_ignore = ["peers"]
 
 
 class ToggleableFailingExporter(SpanExporter):

@@ -1,0 +1,1 @@
+"""Peer suites: other projects' own tests, run with telemetry_guard installed."""
