@@ -185,6 +185,7 @@ class TelemetryGuard:
                               self.traceback_redactor.redact_tail).install()
             if s.redact_celery_logs else None)
         self._connect_breakers()
+        self.signals.trace_publishes(s.tracing)
         self._ready = True
 
     def _register_tasks(self) -> None:

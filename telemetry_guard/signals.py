@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import WorkerLostError
@@ -27,7 +28,6 @@ class GuardSignals:
 
     def _pairs(self) -> list[tuple[Any, Any]]:
         return [
-            (signals.before_task_publish, self.on_before_publish),
             (signals.task_failure, self.on_task_failure),
             (signals.task_retry, self.on_task_retry),
             (signals.worker_init, self.on_worker_init),
@@ -44,23 +44,22 @@ class GuardSignals:
         """
         for signal, handler in self._pairs():
             signal.connect(handler, weak=True, dispatch_uid=self._uid)
+        signals.before_task_publish.connect(
+            carry_trace_context, weak=False, dispatch_uid="telemetry_guard:publish")
+
+    def trace_publishes(self, on: bool) -> None:
+        """Whether this guard's trace context goes into the headers of published tasks."""
+        if on:
+            _TRACING_GUARDS.add(self.guard)
+        else:
+            _TRACING_GUARDS.discard(self.guard)
 
     def disconnect(self) -> None:
         """Disconnect every handler and stop the metrics server."""
         for signal, handler in self._pairs():
             signal.disconnect(handler, dispatch_uid=self._uid)
+        self.trace_publishes(False)
         self._stop_metrics_server()
-
-    # -- producer -----------------------------------------------------------------------
-    def on_before_publish(self, sender: Any = None, headers: Any = None, **_: Any) -> None:
-        """Carry the producer's trace context to the worker in the task headers."""
-        guard = self.guard
-        if headers is None or not guard.ready or not guard.tracing:
-            return
-        try:
-            inject_headers(headers)
-        except Exception as exc:
-            guard.report_error("tracing", exc)
 
     # -- failures and retries of every task, in the process where they happened -----------
     def observes(self, task: Any) -> bool:
@@ -177,6 +176,23 @@ class GuardSignals:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+#: Guards with tracing on; one process-wide receiver serves them all, so a process with
+#: many apps (a test suite) pays for one, not one per guard, on every publish.
+_TRACING_GUARDS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def carry_trace_context(sender: Any = None, headers: Any = None, **_: Any) -> None:
+    """``before_task_publish``: carry the producer's trace context in the task headers."""
+    if headers is None or not _TRACING_GUARDS:
+        return
+    for guard in _TRACING_GUARDS:
+        try:
+            inject_headers(headers)
+        except Exception as exc:
+            guard.report_error("tracing", exc)
+        return
 
 
 def _max_retries(task: Any) -> int | None:

@@ -287,9 +287,9 @@ def shop() -> Celery:
     app = Celery("shop", broker="memory://", set_as_current=False)
     app.conf.update(task_default_queue="default",
                     task_routes={"shop.charge": {"queue": "payments"}})
-    app.task(name="shop.charge")(_charge)
+    app.task(name="shop.charge", shared=False)(_charge)
     app.task(name="telemetry_guard.notify", queue="telemetry_guard.notifications",
-             priority=9)(_notify)
+             priority=9, shared=False)(_notify)
     return app
 
 

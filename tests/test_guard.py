@@ -55,8 +55,7 @@ def test_second_guard_replaces_the_first(app: Celery) -> None:
     handlers = our_receivers(signals.task_failure, app)
     assert [h.__self__.guard for h in handlers] == [second]
     assert first is not second
-    for signal in (signals.before_task_publish, signals.worker_process_init,
-                   signals.worker_shutdown):
+    for signal in (signals.worker_process_init, signals.worker_shutdown):
         assert [h.__self__.guard for h in our_receivers(signal, app)] == [second]
 
 
