@@ -40,6 +40,8 @@ class GuardedTask(Task):  # type: ignore[misc]
 
     Task options (``@app.task(base=GuardedTask, ...)``): ``retry_policy``,
     ``severity`` (overrides the classifier), ``breaker``, ``fallback``, ``routes``.
+    Celery's own retry options (``autoretry_for``, ``max_retries``, ``retry_backoff``, ...)
+    become the policy when ``retry_policy`` is not set; setting both is a ``TypeError``.
     """
 
     #: Reports a child lost mid-task that Celery requeues (no signal tells it).
@@ -183,7 +185,7 @@ _RERAISE = object()
 
 
 class _Raise:
-    """What ``_on_exception`` asks ``__call__`` to raise instead of the original exception."""
+    """What ``_on_exception`` asks ``_guarded_run`` to raise instead of the original one."""
 
     __slots__ = ("exception",)
 
