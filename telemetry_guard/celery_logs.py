@@ -49,9 +49,13 @@ class CeleryLogScrubber(logging.Filter):
         self.loggers = loggers
 
     def install(self) -> CeleryLogScrubber:
-        """Attach to Celery's task loggers (once)."""
+        """Attach to Celery's task loggers, replacing the scrubber of an earlier guard
+        (one per process: the latest guard's settings win)."""
         for name in self.loggers:
             logger = logging.getLogger(name)
+            for old in [f for f in logger.filters
+                        if isinstance(f, CeleryLogScrubber) and f is not self]:
+                logger.removeFilter(old)
             if self not in logger.filters:
                 logger.addFilter(self)
         return self

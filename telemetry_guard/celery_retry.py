@@ -103,3 +103,10 @@ def retried_exception(retry: BaseException) -> BaseException:
         return exc
     context = retry.__context__
     return context if context is not None else retry
+
+
+def celery_max_retries(task: Any) -> int | None:
+    """The retry limit Celery applies to ``task`` (``retry_kwargs`` first); None: unbounded."""
+    options = getattr(task, "retry_kwargs", None) or {}
+    value = options.get("max_retries", getattr(task, "max_retries", None))
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

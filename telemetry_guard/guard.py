@@ -7,13 +7,20 @@ import threading
 from typing import Any
 
 import structlog
+from billiard.exceptions import WorkerLostError
 from celery.exceptions import Ignore, Reject, Retry
 
 from . import breaker
 from .budget import RetryBudget
 from .callbacks import ErrorCallback, ErrorCallbacks
 from .celery_logs import CeleryLogScrubber
-from .celery_retry import explicit_celery_retry_options, policy_from_celery_options
+from .celery_retry import (
+    celery_max_retries,
+    explicit_celery_retry_options,
+    policy_from_celery_options,
+    retried_exception,
+    retry_delay,
+)
 from .classify import Classifier, Severity
 from .config import Settings, check_budget_has_redis
 from .dispatch import Dispatcher
@@ -375,6 +382,19 @@ class TelemetryGuard:
                 traceback_text=traceback_text if isinstance(traceback_text, str) else None))
         except Exception as error:
             self.report_error("signals", error)
+
+    def record_celery_retry(self, task: Any, retry: BaseException, *, request: Any, args: Any,
+                            kwargs: Any, einfo: Any = None) -> None:
+        """Report a retry Celery scheduled (``autoretry_for``, ``self.retry(...)``, a lost
+        child retried), once per attempt. Never raises."""
+        attempt = (getattr(request, "retries", 0) or 0) + 1
+        if self.attempt_recorded(getattr(request, "id", None), attempt):
+            return
+        exc = retried_exception(retry)
+        self.record_outside_task(
+            task, exc, args=args, kwargs=kwargs, request=request, einfo=einfo,
+            decision="retry", reason="worker_lost" if isinstance(exc, WorkerLostError) else "",
+            delay=retry_delay(retry), max_retries=celery_max_retries(task))
 
     def dead_letters_evicted(self, task_name: str, count: int) -> None:
         """Count and log dead letters of ``task_name`` its retention removed. Never raises."""

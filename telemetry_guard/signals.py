@@ -10,7 +10,7 @@ from celery import signals
 from celery.exceptions import Reject, TimeLimitExceeded
 
 from . import callbacks, exposition
-from .celery_retry import gave_up_in_celery_retry, retried_exception, retry_delay
+from .celery_retry import celery_max_retries, gave_up_in_celery_retry
 from .sinks.tracing import inject_headers
 from .task import GuardedTask
 
@@ -96,26 +96,16 @@ class GuardSignals:
             reason = "not_retryable"
         guard.record_outside_task(
             sender, exception, args=args, kwargs=kwargs, request=request, einfo=einfo,
-            decision="give_up", reason=reason, max_retries=_max_retries(sender))
+            decision="give_up", reason=reason, max_retries=celery_max_retries(sender))
 
     def on_task_retry(self, sender: Any = None, request: Any = None, reason: Any = None,
                       einfo: Any = None, **_: Any) -> None:
         """Report a retry Celery scheduled: ``autoretry_for``, ``self.retry(...)``, or a lost
         child retried by ``task_retry_on_worker_lost``."""
-        if reason is None or not self.observes(sender):
-            return
-        guard = self.guard
-        task_id = getattr(request, "id", None)
-        if guard.attempt_recorded(task_id, (getattr(request, "retries", 0) or 0) + 1):
-            return
-        exc = retried_exception(reason) if isinstance(reason, BaseException) else reason
-        if not isinstance(exc, BaseException):
-            return
-        guard.record_outside_task(
-            sender, exc, args=getattr(request, "args", ()), kwargs=getattr(request, "kwargs", {}),
-            request=request, einfo=einfo, decision="retry",
-            reason="worker_lost" if isinstance(exc, WorkerLostError) else "",
-            delay=retry_delay(reason), max_retries=_max_retries(sender))
+        if isinstance(reason, BaseException) and self.observes(sender):
+            self.guard.record_celery_retry(
+                sender, reason, request=request, args=getattr(request, "args", ()),
+                kwargs=getattr(request, "kwargs", {}), einfo=einfo)
 
     # -- worker lifecycle ---------------------------------------------------------------
     def _is_my_worker(self, sender: Any) -> bool:
@@ -193,13 +183,6 @@ def carry_trace_context(sender: Any = None, headers: Any = None, **_: Any) -> No
         except Exception as exc:
             guard.report_error("tracing", exc)
         return
-
-
-def _max_retries(task: Any) -> int | None:
-    """The retry limit Celery applies to ``task`` (``retry_kwargs`` first)."""
-    options = getattr(task, "retry_kwargs", None) or {}
-    value = options.get("max_retries", getattr(task, "max_retries", None))
-    return value if isinstance(value, int) else None
 
 
 class _RequestStub:

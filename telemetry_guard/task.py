@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
+from celery.app.autoretry import add_autoretry_behaviour
 from celery.exceptions import Ignore, Reject, Retry
 
 from .breaker import CircuitBreaker, get_breaker
@@ -63,47 +64,13 @@ class GuardedTask(Task):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Celery calls ``task.run`` (and ``Task.__call__`` keeps its own protocol); the guard
-        # wraps the body. ``_orig_run`` also tells Celery's autoretry wrapper to stand down:
-        # the guard applies Celery's retry options itself, once.
-        self._orig_run = self.run
-        self.run = self._guarded_run
-
-    def _guarded_run(self, *args: Any, **kwargs: Any) -> Any:
-        """The task body under the guard: span, breaker, policy, one event per failure."""
-        request = self.request
-        body = self._orig_run
-        if request.called_directly:
-            return body(*args, **kwargs)
-        guard = _guard_of(self.app)
-        if guard.retry_budget is not None and not request.retries:
-            guard.retry_budget.deposit(self.name)
-        span = guard.start_span(self, request)
-        started = time.perf_counter()
-        try:
-            if self.breaker is None:
-                result = body(*args, **kwargs)
-            else:
-                result = resolve_breaker(self.breaker).call(body, *args, **kwargs)
-        except _PASS_THROUGH:
-            guard.runtime(self.name, "retry").observe(time.perf_counter() - started)
-            raise
-        except CircuitOpenError as exc:
-            return self._on_breaker_open(guard, exc, args, kwargs)
-        except Exception as exc:
-            # Raised here, not in a helper: every frame added to the traceback is one
-            # more that Celery copies (billiard's ExceptionInfo) on each failure.
-            outcome = self._on_exception(guard, exc, args, kwargs, time.perf_counter() - started)
-            if outcome is _RERAISE:
-                raise
-            if isinstance(outcome, _Raise):
-                raise outcome.exception from None
-            return outcome
-        finally:
-            if span is not None:
-                span.end()
-        guard.runtime(self.name, "success").observe(time.perf_counter() - started)
-        return result
+        # Celery calls ``task.run`` and keeps its own ``Task.__call__`` protocol; the guard
+        # wraps the body, outside Celery's own autoretry wrapper (made here, so that
+        # Celery's retries run as Celery runs them and the guard sees them give up).
+        add_autoretry_behaviour(self)
+        if not hasattr(self, "_orig_run"):
+            self._orig_run = self.run
+        self.run = GuardedRun(self, self.run)
 
     def _on_exception(self, guard: TelemetryGuard, exc: Exception, args: Any, kwargs: Any,
                       elapsed: float) -> Any:
@@ -181,11 +148,60 @@ class GuardedTask(Task):  # type: ignore[misc]
         raise Retry(exc=transportable(exc, ""), when=delay)
 
 
+class GuardedRun:
+    """``task.run`` of a GuardedTask: the body under the guard (span, breaker, policy, one
+    event per failed attempt). Its signature is the body's (``__wrapped__``)."""
+
+    __slots__ = ("task", "__wrapped__")
+
+    def __init__(self, task: GuardedTask, body: Callable[..., Any]) -> None:
+        self.task = task
+        self.__wrapped__ = body
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        task = self.task
+        body = self.__wrapped__
+        request = task.request
+        if request.called_directly:
+            return body(*args, **kwargs)
+        guard = _guard_of(task.app)
+        if guard.retry_budget is not None and not request.retries:
+            guard.retry_budget.deposit(task.name)
+        span = guard.start_span(task, request)
+        started = time.perf_counter()
+        try:
+            if task.breaker is None:
+                result = body(*args, **kwargs)
+            else:
+                result = resolve_breaker(task.breaker).call(body, *args, **kwargs)
+        except _PASS_THROUGH as exc:
+            guard.runtime(task.name, "retry").observe(time.perf_counter() - started)
+            if isinstance(exc, Retry):  # Celery's autoretry or a manual self.retry()
+                guard.record_celery_retry(task, exc, request=request, args=args, kwargs=kwargs)
+            raise
+        except CircuitOpenError as exc:
+            return task._on_breaker_open(guard, exc, args, kwargs)
+        except Exception as exc:
+            # Raised here, not in a helper: every frame added to the traceback is one
+            # more that Celery copies (billiard's ExceptionInfo) on each failure.
+            outcome = task._on_exception(guard, exc, args, kwargs, time.perf_counter() - started)
+            if outcome is _RERAISE:
+                raise
+            if isinstance(outcome, _Raise):
+                raise outcome.exception from None
+            return outcome
+        finally:
+            if span is not None:
+                span.end()
+        guard.runtime(task.name, "success").observe(time.perf_counter() - started)
+        return result
+
+
 _RERAISE = object()
 
 
 class _Raise:
-    """What ``_on_exception`` asks ``_guarded_run`` to raise instead of the original one."""
+    """What ``_on_exception`` asks ``GuardedRun`` to raise instead of the original one."""
 
     __slots__ = ("exception",)
 

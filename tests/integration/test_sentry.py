@@ -120,7 +120,7 @@ def test_high_failure_is_one_redacted_event_with_tags_fingerprint_and_celery_con
     assert exception["value"] == "charge failed token=[REDACTED]"
     assert exception["mechanism"]["type"] == "telemetry_guard"
     functions = [frame["function"] for frame in exception["stacktrace"]["frames"]]
-    assert functions[-1] == "charge" and "_guarded_run" in functions
+    assert functions[-1] == "charge" and "__call__" in functions
     raw = server.raw()
     assert b"canary-pw" not in raw and b"canary-tok" not in raw
 
