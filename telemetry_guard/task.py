@@ -150,13 +150,19 @@ class GuardedTask(Task):  # type: ignore[misc]
 
 class GuardedRun:
     """``task.run`` of a GuardedTask: the body under the guard (span, breaker, policy, one
-    event per failed attempt). Its signature is the body's (``__wrapped__``)."""
+    event per failed attempt). Its signature and attributes are the body's."""
 
     __slots__ = ("task", "__wrapped__")
 
     def __init__(self, task: GuardedTask, body: Callable[..., Any]) -> None:
         self.task = task
         self.__wrapped__ = body
+
+    def __getattr__(self, name: str) -> Any:
+        """Transparent: ``__name__``, ``__code__``, ... are the wrapped function's."""
+        if name in GuardedRun.__slots__:  # not set yet (a copy being made)
+            raise AttributeError(name)
+        return getattr(self.__wrapped__, name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         task = self.task
