@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.exceptions import CDeprecationWarning, CPendingDeprecationWarning
 
 from telemetry_guard import GuardedTask, RetryPolicy, Severity, TelemetryGuard
 from telemetry_guard.events import FailureEvent
@@ -234,7 +235,8 @@ def test_notify_task_is_a_plain_late_acked_task_on_the_notification_queue() -> N
     guard = TelemetryGuard(app, email=EMAIL, redis_url=None)
     assert NOTIFY_TASK_NAME not in app._tasks  # nothing registered before finalize
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", CDeprecationWarning)  # Celery: "removed in 6.0"
+        warnings.simplefilter("error", CPendingDeprecationWarning)
         app.finalize()
         task = guard.notify_task
     assert task.name == NOTIFY_TASK_NAME and task.app is app

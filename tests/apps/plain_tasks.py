@@ -40,3 +40,31 @@ def fail(self: Any) -> None:
     """Fails once, with no retry."""
     count_run(self)
     raise ValueError("malformed order")
+
+
+class DeclinedError(ConnectionError):
+    """A ConnectionError subclass that retrying cannot fix."""
+
+
+@shared_task(bind=True, name="plain.backoff", autoretry_for=(ConnectionError,), max_retries=2,
+             retry_backoff=True, retry_backoff_max=0, retry_jitter=True)
+def backoff(self: Any) -> None:
+    """Exponential backoff capped at 0 s (with full jitter): two quick retries, then give up."""
+    count_run(self)
+    raise ConnectionError("warehouse API unreachable")
+
+
+@shared_task(bind=True, name="plain.dont_autoretry", autoretry_for=(ConnectionError,),
+             dont_autoretry_for=(DeclinedError,), max_retries=2, default_retry_delay=0)
+def dont_autoretry(self: Any) -> None:
+    """Raises an excluded subclass: Celery does not retry it."""
+    count_run(self)
+    raise DeclinedError("card declined")
+
+
+@shared_task(bind=True, name="plain.retry_kwargs", autoretry_for=(ConnectionError,),
+             retry_kwargs={"max_retries": 1, "countdown": 0})
+def retry_kwargs(self: Any) -> None:
+    """``retry_kwargs`` set the limit and the countdown: one retry, then give up."""
+    count_run(self)
+    raise ConnectionError("mail relay unreachable")

@@ -170,6 +170,11 @@ def worker(celery_app: Celery) -> Callable[[], Any]:
     return start
 
 
+class DeclinedError(ConnectionError):
+    """Stands for ``tests.apps.plain_tasks.DeclinedError`` (compared by name; importing that
+    module here would add its shared tasks to every app this process finalizes)."""
+
+
 def assert_raises_original(result: Any, exc_type: type[BaseException]) -> None:
     """The task's own outcome: its result raises the exception its body raised."""
     with pytest.raises(Exception) as raised:
@@ -419,6 +424,13 @@ def test_worker_process_records_each_attempt_of_plain_and_guarded_tasks_once(
         "plain.manual_retry": (KeyError, [RETRY, RETRY, MAX_RETRIES_EXCEEDED]),
         "plain.fail": (ValueError, [NOT_RETRYABLE]),
         "observed.guarded_autoretry": (ConnectionError, [RETRY, MAX_RETRIES_EXCEEDED]),
+        "plain.backoff": (ConnectionError, [RETRY, RETRY, MAX_RETRIES_EXCEEDED]),
+        "observed.guarded_backoff": (ConnectionError, [RETRY, RETRY, MAX_RETRIES_EXCEEDED]),
+        "plain.dont_autoretry": (DeclinedError, [NOT_RETRYABLE]),
+        "observed.guarded_dont_autoretry": (DeclinedError, [NOT_RETRYABLE]),
+        "plain.retry_kwargs": (ConnectionError, [RETRY, MAX_RETRIES_EXCEEDED]),
+        "observed.guarded_retry_kwargs": (ConnectionError, [RETRY, MAX_RETRIES_EXCEEDED]),
+        "observed.guarded_manual_retry": (KeyError, [RETRY, RETRY, MAX_RETRIES_EXCEEDED]),
     }
     results = {name: producer.send_task(name) for name in expected}
     for name, result in results.items():

@@ -118,11 +118,11 @@ def test_six_hundred_hosts_keep_breakers_labels_keys_and_scrapes_bounded(
     many_ports.server.script("/hook", Reply(200, {"ok": True}))
     names = {f"http:127.0.0.1:{port}" for port in many_ports.ports}
 
-    failed_open_before = store_errors()
     # labels earlier tests left in this process's registry (a host port can come round again)
     families = ("telemetry_guard_breaker_calls", "telemetry_guard_breaker_state")
     earlier = {family: label_values(generate_latest(REGISTRY).decode(), family)
                for family in families}
+    failed_open_before = store_errors()  # after that scrape: earlier tests' breakers count
     started = time.monotonic()
     with start_worker(celery_app, pool="solo", perform_ping_check=False, loglevel="WARNING",
                       shutdown_timeout=10):
