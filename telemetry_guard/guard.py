@@ -120,9 +120,9 @@ class TelemetryGuard:
         app.on_after_configure.connect(self._on_app_configured, weak=False, dispatch_uid=uid)
         app.on_after_finalize.connect(self._on_app_finalized, weak=False, dispatch_uid=uid)
         if getattr(app, "configured", False):
-            self._setup()
+            self.setup()
         else:  # a breaker used before the app is configured sets the guard up
-            breaker.set_pending_setup(self._setup)
+            breaker.set_pending_setup(self.setup)
         if getattr(app, "finalized", False):
             self._register_tasks()
 
@@ -136,7 +136,7 @@ class TelemetryGuard:
 
     def __getattr__(self, name: str) -> Any:
         if name in TelemetryGuard._BUILT and not self.__dict__.get("_setting_up"):
-            self._setup()
+            self.setup()
             if name in self.__dict__:
                 return self.__dict__[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -146,18 +146,17 @@ class TelemetryGuard:
         """Whether the settings were read and the sinks built."""
         return bool(self.__dict__.get("_ready"))
 
-    def setup(self) -> None:
-        """Read the settings and build the sinks now (the worker does this when it starts)."""
-        self._setup()
-
     def _on_app_configured(self, sender: Any = None, **_: Any) -> None:
-        self._setup()
+        self.setup()
 
     def _on_app_finalized(self, sender: Any = None, **_: Any) -> None:
         self._register_tasks()
 
-    def _setup(self) -> None:
-        """Read the settings (which configures the app) and build the sinks, once."""
+    def setup(self) -> None:
+        """Read the settings (which configures the app) and build the sinks, once.
+
+        Done when the app is configured, when the worker starts, or on first use.
+        """
         with self._setup_lock:
             if self.ready or self.__dict__.get("_closed") or self.__dict__.get("_setting_up"):
                 return

@@ -175,14 +175,13 @@ _TRACING_GUARDS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 def carry_trace_context(sender: Any = None, headers: Any = None, **_: Any) -> None:
     """``before_task_publish``: carry the producer's trace context in the task headers."""
-    if headers is None or not _TRACING_GUARDS:
+    guard = next(iter(_TRACING_GUARDS), None) if headers is not None else None
+    if guard is None:
         return
-    for guard in _TRACING_GUARDS:
-        try:
-            inject_headers(headers)
-        except Exception as exc:
-            guard.report_error("tracing", exc)
-        return
+    try:
+        inject_headers(headers)
+    except Exception as exc:
+        guard.report_error("tracing", exc)
 
 
 class _RequestStub:
