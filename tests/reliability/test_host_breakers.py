@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from telemetry_guard import RetryPolicy, TelemetryGuard
-from telemetry_guard.breaker import all_breakers
+from telemetry_guard.breaker import all_breakers, unregister
 from telemetry_guard.breaker import breaker as breaker_module
 from telemetry_guard.breaker.redis_store import key_ttl
 from telemetry_guard.breaker.state import BreakerConfig
@@ -117,6 +117,8 @@ def test_six_hundred_hosts_keep_breakers_labels_keys_and_scrapes_bounded(
                                       breaker_defaults=defaults)
     many_ports.server.script("/hook", Reply(200, {"ok": True}))
     names = {f"http:127.0.0.1:{port}" for port in many_ports.ports}
+    for leftover in [b for b in all_breakers() if b.name in names]:
+        unregister(leftover)  # an earlier test's breaker for a port that came round again
 
     # labels earlier tests left in this process's registry (a host port can come round again)
     families = ("telemetry_guard_breaker_calls", "telemetry_guard_breaker_state")
