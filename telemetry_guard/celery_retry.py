@@ -48,10 +48,10 @@ def policy_from_celery_options(task: Any) -> RetryPolicy:
     ``retry_kwargs["countdown"]``/``default_retry_delay``.
     """
     retry_kwargs = dict(getattr(task, "retry_kwargs", None) or {})
-    max_retries = retry_kwargs.get("max_retries", getattr(task, "max_retries", 3))
+    max_retries = celery_max_retries(task)
     backoff = getattr(task, "retry_backoff", False)
     fields: dict[str, Any] = {
-        "max_retries": UNBOUNDED_RETRIES if max_retries is None else int(max_retries),
+        "max_retries": UNBOUNDED_RETRIES if max_retries is None else max_retries,
         "retry_on": tuple(getattr(task, "autoretry_for", ()) or ()),
         "dont_retry_on": tuple(getattr(task, "dont_autoretry_for", ()) or ()),
     }

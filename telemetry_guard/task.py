@@ -105,20 +105,13 @@ class GuardedTask(Task):  # type: ignore[misc]
         if decision == "retry":
             guard.runtime(self.name, "retry").observe(elapsed)
             return _Raise(self.retry(exc=transportable(exc, event.traceback), countdown=delay,
-                                     max_retries=max_retries, throw=False,
-                                     **self._retry_options()))
+                                     max_retries=max_retries, throw=False))
         guard.runtime(self.name, "failure").observe(elapsed)
         if self.fallback is not None and reason in ("max_retries_exceeded",
                                                     "retry_budget_exhausted"):
             return self._fallback()(*args, **kwargs)
         replacement = outcome_for(exc)
         return _RERAISE if replacement is exc else _Raise(replacement)
-
-    def _retry_options(self) -> dict[str, Any]:
-        """Celery's ``retry_kwargs`` besides the countdown and limit the policy decides."""
-        options = getattr(self, "retry_kwargs", None) or {}
-        return {key: value for key, value in options.items()
-                if key not in ("countdown", "eta", "max_retries", "exc", "throw")}
 
     def _fallback(self) -> Callable[..., Any]:
         """The ``fallback`` option as given (a function set as a task option is not bound)."""
