@@ -31,6 +31,9 @@ DEFAULT_ROUTES: dict[str, tuple[str, ...]] = {
     "critical": ("sentry", "email"),
 }
 
+#: ``telemetry_guard_sentry_fingerprint``: how Sentry groups the failures the guard reports.
+SENTRY_FINGERPRINTS = ("default", "task_exception")
+
 #: Seconds before an unacknowledged message is delivered again, per transport.
 DEFAULT_REDELIVERY_HORIZONS: dict[str, float] = {
     "redis": 3600.0,
@@ -71,6 +74,7 @@ class Settings:
     breaker_max_wait: float = 3600.0
     retry_budget: BudgetConfig | None = None
     observe_all_tasks: bool = True
+    sentry_fingerprint: str = "default"
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -186,6 +190,11 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             return _routes(raw)
         if name == "retry_budget":
             return BudgetConfig.from_setting(raw)
+        if name == "sentry_fingerprint":
+            mode = "default" if raw is None else str(raw).strip().lower()
+            if mode not in SENTRY_FINGERPRINTS:
+                raise ValueError(f"must be one of {', '.join(SENTRY_FINGERPRINTS)}, not {raw!r}")
+            return mode
         if name == "email":
             if not isinstance(raw, Mapping):
                 raise ValueError("must be a dict of host, port, starttls, ssl, user, ...")

@@ -17,6 +17,7 @@ from .celery_logs import CeleryLogScrubber
 from .celery_retry import (
     celery_max_retries,
     explicit_celery_retry_options,
+    gave_up_in_celery_retry,
     policy_from_celery_options,
     retried_exception,
     retry_delay,
@@ -39,7 +40,7 @@ from .sinks.logging import LogSink
 from .sinks.metrics import BreakerStateCollector, MetricsSink, get_metrics
 from .sinks.sentry import SentrySink
 from .sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink
-from .task import GuardedTask, build_failure_event
+from .task import GuardedTask, build_failure_event, failure_routing
 
 #: How many recorded task ids a process remembers, to never report one failure twice.
 RECORDED_IDS = 4096
@@ -294,6 +295,16 @@ class TelemetryGuard:
         if override is not None:
             return Severity.parse(override)
         return self.classifier.classify(exc)
+
+    def routing_of(self, task: Any, exc: BaseException) -> tuple[Severity, bool, frozenset[str]]:
+        """Severity, expected, channels of ``exc`` escaping ``task`` (a give-up), as the
+        failure event Celery's signal brings next will say."""
+        reason = "max_retries_exceeded" if gave_up_in_celery_retry(exc) else "not_retryable"
+        return failure_routing(self, task, exc, reason)
+
+    def observes(self, task: Any) -> bool:
+        """Whether this guard reports failures of ``task``."""
+        return self.signals.observes(task)
 
     def cap_countdown(self, task_name: str, delay: float) -> float:
         """Keep a retry countdown below the broker's redelivery horizon; warn once per task."""

@@ -9,7 +9,7 @@ from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.exceptions import Reject, TimeLimitExceeded
 
-from . import callbacks, exposition
+from . import callbacks, exposition, log_context
 from .celery_retry import celery_max_retries, gave_up_in_celery_retry
 from .sinks.tracing import inject_headers
 from .task import GuardedTask
@@ -28,6 +28,8 @@ class GuardSignals:
 
     def _pairs(self) -> list[tuple[Any, Any]]:
         return [
+            (signals.task_prerun, self.on_task_prerun),
+            (signals.task_postrun, self.on_task_postrun),
             (signals.task_failure, self.on_task_failure),
             (signals.task_retry, self.on_task_retry),
             (signals.worker_init, self.on_worker_init),
@@ -70,6 +72,27 @@ class GuardSignals:
             return True
         return (getattr(task, "telemetry_guard_observe", True)
                 and self.guard.settings.observe_all_tasks)
+
+    def on_task_prerun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+        """Bind the task's ids in structlog's context for the application's own log lines."""
+        if not self.observes(sender):
+            return
+        self._run_after_other_receivers(signals.task_prerun, self.on_task_prerun)
+        log_context.bind_task(task_id, sender.name)
+
+    def on_task_postrun(self, sender: Any = None, task_id: str | None = None,
+                        **_: Any) -> None:
+        """Restore structlog's context as it was before the task."""
+        log_context.unbind_task(task_id)
+
+    def _run_after_other_receivers(self, signal: Any, handler: Any) -> None:
+        """Move ``handler`` behind receivers connected after it (an OpenTelemetry
+        instrumentation that opens the task's span in its own ``task_prerun``), so that from
+        the next task on the span is active when ``handler`` runs."""
+        receivers = signal.receivers
+        if receivers and receivers[-1][0][0] != self._uid:
+            signal.disconnect(handler, dispatch_uid=self._uid)
+            signal.connect(handler, weak=True, dispatch_uid=self._uid)
 
     def on_task_failure(self, sender: Any = None, task_id: str | None = None,
                         exception: BaseException | None = None, args: Any = None,

@@ -14,6 +14,7 @@ from celery import Task
 from celery.app.autoretry import add_autoretry_behaviour
 from celery.exceptions import Ignore, Reject, Retry
 
+from . import log_context
 from .breaker import CircuitBreaker, get_breaker
 from .callbacks import outcome_for
 from .celery_retry import (
@@ -167,6 +168,7 @@ class GuardedRun:
         if guard.retry_budget is not None and not request.retries:
             guard.retry_budget.deposit(task.name)
         span = guard.start_span(task, request)
+        span_ids = log_context.bind_span() if span is not None else None
         started = time.perf_counter()
         try:
             if task.breaker is None:
@@ -192,6 +194,8 @@ class GuardedRun:
         finally:
             if span is not None:
                 span.end()
+            if span_ids:
+                log_context.restore(span_ids)
         guard.runtime(task.name, "success").observe(time.perf_counter() - started)
         return result
 
@@ -235,6 +239,24 @@ def _seconds(value: Any) -> float:
         return 0.0
 
 
+#: Give-up reasons that make a failure at least HIGH.
+ESCALATING_REASONS = frozenset({
+    "max_retries_exceeded", "breaker_open_too_long", "retry_budget_exhausted"})
+
+
+def failure_routing(guard: TelemetryGuard, task: Any, exc: BaseException,
+                    reason: str) -> tuple[Severity, bool, frozenset[str]]:
+    """A failure's severity, whether the task expects it (``throws``), and its channels."""
+    severity = guard.severity_of(task, exc)
+    if reason in ESCALATING_REASONS:
+        severity = escalate(severity, Severity.HIGH)
+    throws = getattr(task, "throws", ()) or ()
+    expected = bool(throws) and isinstance(exc, throws)
+    channels = guard.router.channels_for(
+        severity, expected=expected, task_routes=getattr(task, "routes", None))
+    return severity, expected, channels
+
+
 def build_failure_event(
     guard: TelemetryGuard, task: Any, exc: BaseException, *, args: Any, kwargs: Any,
     request: Any, decision: Decision, delay: float | None = None, reason: str = "",
@@ -242,11 +264,7 @@ def build_failure_event(
 ) -> FailureEvent:
     """Build the one event every sink receives: redacted, bounded, with trace ids."""
     task_name = getattr(task, "name", None) or "unknown"
-    severity = guard.severity_of(task, exc)
-    if reason in ("max_retries_exceeded", "breaker_open_too_long", "retry_budget_exhausted"):
-        severity = escalate(severity, Severity.HIGH)
-    throws = getattr(task, "throws", ()) or ()
-    expected = bool(throws) and isinstance(exc, throws)
+    severity, expected, channels = failure_routing(guard, task, exc, reason)
     redactor = guard.redactor
     trace_id, span_id = current_ids()
     delivery_info = getattr(request, "delivery_info", None) or {}
@@ -286,8 +304,7 @@ def build_failure_event(
         trace_id=trace_id,
         span_id=span_id,
         timestamp=time.time(),
-        channels=guard.router.channels_for(
-            severity, expected=expected, task_routes=getattr(task, "routes", None)),
+        channels=channels,
         exception=exc,
         replay=replay,
     )

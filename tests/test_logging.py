@@ -59,7 +59,7 @@ def test_retry_event_logs_failed_then_retry_scheduled() -> None:
     assert [e["event"] for e in logs] == ["task.failed", "task.retry_scheduled"]
     failed, scheduled = logs
     assert failed["log_level"] == "warning"
-    assert failed["message"] == "connection reset"
+    assert failed["exception_message"] == "connection reset"
     assert failed["exception_type"] == "ConnectionError"
     assert scheduled["log_level"] == "info"
     assert scheduled["attempt"] == 2

@@ -16,7 +16,12 @@ LOGGER_NAME = "telemetry_guard"
 
 
 class LogSink(Sink):
-    """Tells each failure as one ``task.failed`` plus a retry or give-up event."""
+    """Tells each failure as one ``task.failed`` plus a retry or give-up event.
+
+    Keys never collide with stdlib ``LogRecord`` attributes (the exception's text is
+    ``exception_message``, not ``message``), so the events pass through
+    ``structlog.stdlib.render_to_log_kwargs`` and ``ProcessorFormatter`` set-ups intact.
+    """
 
     name = "logging"
 
@@ -39,7 +44,7 @@ class LogSink(Sink):
             common["trace_id"] = event.trace_id
             common["span_id"] = event.span_id
         self.log.warning(
-            "task.failed", message=event.message, expected=event.expected,
+            "task.failed", exception_message=event.message, expected=event.expected,
             traceback=event.traceback, **common)
         if event.retried:
             self.log.info(

@@ -1,24 +1,30 @@
-"""Sentry: one event per failure routed to the ``sentry`` channel.
+"""Sentry: one event per failure routed to the ``sentry`` channel; breadcrumbs for the rest.
 
 Sentry is on when ``telemetry_guard_sentry_dsn`` is set: the sink initialises sentry-sdk
 (``send_default_pii`` off, the SDK's default integrations, a ``before_send`` that redacts
-every event). It is also on when the application initialised sentry-sdk itself: its client,
-options and ``before_send`` are kept, and our redaction runs as a global event processor
-instead. When both, the application's client wins and the setting is ignored (a
+every event). It is also on when the application initialised sentry-sdk itself: its client
+and options are kept, and our redaction runs after the application's own ``before_send``.
+When both, the application's client wins and the setting is ignored (a
 ``sentry.dsn_ignored`` warning). Neither: Sentry is off and this sink is not built.
 
 How it lives with sentry-sdk's ``CeleryIntegration`` (enabled by the application, or
-auto-enabled by ``sentry_sdk.init``): the integration wraps every task call and captures the
-exception a task raises (mechanism ``celery``); the ``LoggingIntegration`` may capture the same
-exception from a log record (mechanism ``logging``). This sink marks the exception of every
-GuardedTask failure it sees, routed to Sentry or not, before the task re-raises it, and a
-global event processor drops events of those two mechanisms whose ``hint["exc_info"]`` holds
-a marked exception. A failure is therefore reported once, by this sink, with our tags,
-fingerprint, level and redaction; a failure routed elsewhere (LOW, MEDIUM, the task's
-``throws``) is not reported at all. Tasks that are not GuardedTasks are left to the
-integration. ``Retry``, ``Ignore`` and ``Reject`` never reach the sink, and the integration
-skips them as well. Our own ``telemetry_guard`` logger is ignored by the LoggingIntegration,
-so ``task.gave_up`` log lines never become Sentry events behind the router's back.
+auto-enabled by ``sentry_sdk.init``), which captures the exception a task raises (mechanism
+``celery``). Each failure the guard sees leaves a :class:`Report` on its exception, read by a
+global event processor when the integration captures it:
+
+* routed to Sentry: sent once. A GuardedTask's failure reaches this sink before the
+  integration sees it, so the sink sends its own event and the integration's copy (and a
+  ``logging`` one) is dropped. A plain task's failure reaches the integration first: its
+  event is kept, given our tags, fingerprint and level, and the sink sends nothing more.
+* not routed (LOW, MEDIUM, the task's ``throws``): with the application's client the
+  integration's event is kept, with our tags and fingerprint: the guard never leaves Sentry
+  with fewer events than its own integration sends. With a client the guard initialised
+  from its DSN, the router decides and the integration's event is dropped. Either way the
+  failure becomes a breadcrumb on the global scope, seen in later events of the process.
+
+Every event is redacted. ``Retry``, ``Ignore`` and ``Reject`` never reach the sink, and the
+integration skips them as well. Our own ``telemetry_guard`` logger is ignored by the
+LoggingIntegration, so ``task.gave_up`` log lines never become Sentry events.
 
 Sending is the SDK's: ``capture_event`` queues the envelope for its transport thread, so the
 failing task never waits on Sentry, and Sentry being down never changes a task's outcome.
@@ -31,10 +37,12 @@ from __future__ import annotations
 
 import collections
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import sentry_sdk
+from celery._state import get_current_task
 from sentry_sdk.consts import DEFAULT_OPTIONS
 from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.scope import add_global_event_processor
@@ -76,17 +84,49 @@ EventDict = dict[str, Any]
 ErrorReporter = Callable[[str, BaseException], None]
 
 
-class _Mark:
-    """The value of :data:`REPORTED_ATTR`: true in this process only (it unpickles as False,
-    so an exception sent to a result backend is not taken as reported by its reader)."""
+class Report:
+    """What the guard decided about one exception's failure, kept on the exception.
 
-    __slots__ = ()
+    True only in this process: it unpickles as False, so an exception sent to a result
+    backend is not taken as reported by its reader.
+    """
+
+    __slots__ = ("tags", "fingerprint", "level", "routed", "sent", "event_id")
+
+    def __init__(self, *, tags: dict[str, str], fingerprint: list[str], level: Level,
+                 routed: bool) -> None:
+        self.tags = tags
+        self.fingerprint = fingerprint
+        self.level = level
+        self.routed = routed
+        #: The guard sent its own event for this failure.
+        self.sent = False
+        #: The id of the integration's event that stands for this failure.
+        self.event_id: str | None = None
 
     def __reduce__(self) -> tuple[type[bool], tuple[()]]:
         return (bool, ())
 
+    def enrich(self, event: EventDict) -> None:
+        """Give an integration's event our tags and fingerprint (and level, when routed);
+        a fingerprint already set (by the integration or the application) is kept."""
+        tags = event.get("tags")
+        if not isinstance(tags, dict):
+            tags = event["tags"] = {}
+        for key, value in self.tags.items():
+            tags.setdefault(key, value)
+        if not event.get("fingerprint"):
+            event["fingerprint"] = list(self.fingerprint)
+        if self.routed:
+            event["level"] = self.level
 
-_MARK = _Mark()
+
+def fingerprint_for(mode: str, task_name: str, exception_type: str) -> list[str]:
+    """``telemetry_guard_sentry_fingerprint``: Sentry's own grouping split per task
+    (``default``), or task and exception type (``task_exception``)."""
+    if mode == "task_exception":
+        return [task_name, exception_type]
+    return ["{{ default }}", task_name]
 
 
 class _ProcessHooks:
@@ -95,12 +135,16 @@ class _ProcessHooks:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.installed = False
+        #: The SentrySink of each guard, for integration events of plain tasks.
+        self.sinks: weakref.WeakKeyDictionary[Any, SentrySink] = weakref.WeakKeyDictionary()
         #: The client a SentrySink initialised (its ``before_send`` redacts), if any.
         self.owned_client: Any = None
         #: Redacts events that are not ours when the application owns the client.
         self.redactor: Redactor | None = None
         self.report_error: ErrorReporter | None = None
-        self.marks: collections.OrderedDict[int, BaseException] = collections.OrderedDict()
+        #: Reports of exceptions that refuse attributes, by id.
+        self.marks: collections.OrderedDict[int, tuple[BaseException, Report]] = (
+            collections.OrderedDict())
 
     def install(self) -> None:
         with self.lock:
@@ -114,25 +158,27 @@ class _ProcessHooks:
 _hooks = _ProcessHooks()
 
 
-def mark_reported(exc: BaseException) -> None:
-    """Remember that telemetry_guard handled ``exc``, so integrations do not report it again."""
+def attach_report(exc: BaseException, report: Report) -> None:
+    """Keep ``report`` with ``exc`` for the event processor."""
     try:
-        object.__setattr__(exc, REPORTED_ATTR, _MARK)
+        object.__setattr__(exc, REPORTED_ATTR, report)
     except Exception:
         with _hooks.lock:
-            _hooks.marks[id(exc)] = exc
+            _hooks.marks[id(exc)] = (exc, report)
             if len(_hooks.marks) > FALLBACK_MARKS:
                 _hooks.marks.popitem(last=False)
 
 
-def was_reported(exc: object) -> bool:
-    """Whether telemetry_guard handled ``exc`` in this process."""
+def report_of(exc: object) -> Report | None:
+    """The report this process keeps for ``exc``, if any."""
     try:
-        if getattr(exc, REPORTED_ATTR, None) is _MARK:
-            return True
+        report = getattr(exc, REPORTED_ATTR, None)
+        if isinstance(report, Report):
+            return report
     except Exception:
         pass
-    return _hooks.marks.get(id(exc)) is exc
+    found = _hooks.marks.get(id(exc))
+    return found[1] if found is not None and found[0] is exc else None
 
 
 def redact_event(event: EventDict, redactor: Redactor, *, own: bool = False) -> EventDict:
@@ -229,21 +275,82 @@ def _mechanism_types(event: EventDict) -> set[str]:
 
 
 def _process_event(event: Event, hint: Hint) -> Event | None:
-    """Global event processor: drop integrations' duplicates of our failures; redact the
-    application's events when the application owns the client (ours are redacted by their
-    own scope processor)."""
+    """Global event processor: settle an integration's event for a failure the guard saw
+    (drop, or keep with our tags and fingerprint), and make our redaction the application
+    client's last step."""
     hint = hint or {}
+    client = sentry_sdk.get_client()
+    owned = client is _hooks.owned_client
+    if not owned:
+        _redact_last(client)
     if hint.get(_HINT_KEY) or event.get("type") in ("transaction", "check_in"):
         return event
     exc_info = hint.get("exc_info")
     exc = exc_info[1] if isinstance(exc_info, tuple) and len(exc_info) == 3 else None
-    if (exc is not None and was_reported(exc)
-            and _mechanism_types(cast(EventDict, event)) & DUPLICATE_MECHANISMS):
+    mechanisms = _mechanism_types(cast(EventDict, event)) & DUPLICATE_MECHANISMS
+    if exc is None or not mechanisms:
+        return event
+    report = report_of(exc)
+    if report is None and "celery" in mechanisms:
+        report = _report_for_running_task(exc)
+    if report is None:
+        return event
+    if report.sent or (owned and not report.routed):
+        return None  # sent once by the guard, or not routed to Sentry by its router
+    report.enrich(cast(EventDict, event))
+    if "celery" in mechanisms and report.event_id is None:
+        report.event_id = str(event.get("event_id") or "") or None
+    return event
+
+
+def _report_for_running_task(exc: BaseException) -> Report | None:
+    """The report of a plain task's failure the integration captures before Celery's
+    ``task_failure`` signal tells the guard: decided here, the same way."""
+    task = get_current_task()
+    guard = getattr(getattr(task, "app", None), "_telemetry_guard", None)
+    sink = _hooks.sinks.get(guard) if guard is not None else None
+    if sink is None or not guard.observes(task):
         return None
-    redactor = _hooks.redactor
-    if redactor is None or sentry_sdk.get_client() is _hooks.owned_client:
-        return event  # the client's before_send redacts
-    return _redacted(event, hint, redactor, _hooks.report_error)
+    try:
+        severity, _, channels = guard.routing_of(task, exc)
+        delivery_info = getattr(task.request, "delivery_info", None) or {}
+        report = sink.report(task.name, severity, type(exc).__name__,
+                             delivery_info.get("routing_key"), CHANNEL in channels)
+    except Exception as error:
+        sink.guard.report_error(CHANNEL, error)
+        return None
+    attach_report(exc, report)
+    return report
+
+
+class _RedactingBeforeSend:
+    """The application's ``before_send``, then our redaction: the last step before sending
+    (after every event processor, such as the one with which ``CeleryIntegration`` adds the
+    task's arguments)."""
+
+    __slots__ = ("wrapped",)
+
+    def __init__(self, wrapped: Callable[[Event, Hint], Event | None] | None) -> None:
+        self.wrapped = wrapped
+
+    def __call__(self, event: Event, hint: Hint) -> Event | None:
+        if self.wrapped is not None:
+            result = self.wrapped(event, hint)
+            if result is None:
+                return None
+            event = result
+        redactor = _hooks.redactor
+        if redactor is None:
+            return event
+        return _redacted(event, hint, redactor, _hooks.report_error)
+
+
+def _redact_last(client: Any) -> None:
+    """Chain our redaction after the application client's ``before_send``, once."""
+    options = getattr(client, "options", None)
+    if isinstance(options, dict) and _hooks.redactor is not None and not isinstance(
+            options.get("before_send"), _RedactingBeforeSend):
+        options["before_send"] = _RedactingBeforeSend(options.get("before_send"))
 
 
 def _application_client() -> Any:
@@ -279,6 +386,7 @@ class SentrySink(Sink):
                               reason="sentry-sdk already initialised by the application")
         _hooks.redactor = self.redactor
         _hooks.report_error = guard.report_error
+        _hooks.sinks[guard] = self
         _hooks.install()
 
     @staticmethod
@@ -286,25 +394,59 @@ class SentrySink(Sink):
         """Whether Sentry reporting is on: a DSN is set or the application's client is active."""
         return bool(dsn) or _application_client() is not None
 
+    def report(self, task_name: str, severity: Severity, exception_type: str,
+               queue: str | None, routed: bool) -> Report:
+        """The tags, fingerprint and level of one failure's events."""
+        tags = {"task_name": task_name, "severity": severity.label,
+                "exception_type": exception_type}
+        if queue:
+            tags["queue"] = queue
+        return Report(tags=tags, level=LEVELS[severity], routed=routed, fingerprint=fingerprint_for(
+            self.guard.settings.sentry_fingerprint, task_name, exception_type))
+
     def on_failure(self, event: FailureEvent) -> None:
-        if event.exception is not None:
-            mark_reported(event.exception)
-        if CHANNEL not in event.channels:
+        routed = CHANNEL in event.channels
+        exc = event.exception
+        report = report_of(exc) if exc is not None else None
+        if report is None or report.event_id is None:  # else: the integration's, just now
+            report = self.report(event.task_name, event.severity, event.exception_type,
+                                 event.queue, routed)
+            if exc is not None:
+                attach_report(exc, report)
+        if not routed:
+            self._breadcrumb(event)
             return
         severity = event.severity.label
         fields = {"channel": CHANNEL, "task_name": event.task_name, "task_id": event.task_id,
                   "severity": severity}
+        if report.event_id is not None:  # the integration's event stands for this failure
+            self.guard.metrics.notifications.labels(CHANNEL, severity, "sent").inc()
+            self.guard.log.info("notification.sent", event_id=report.event_id, **fields)
+            return
         try:
-            event_id = self._capture(event)
+            event_id = self._capture(event, report)
         except Exception as exc:
             self.guard.metrics.notifications.labels(CHANNEL, severity, "failed").inc()
             self.guard.log.warning("notification.failed", error=type(exc).__name__, **fields)
             raise
+        report.sent = True
         outcome = "sent" if event_id else "throttled"
         self.guard.metrics.notifications.labels(CHANNEL, severity, outcome).inc()
         self.guard.log.info(f"notification.{outcome}", event_id=event_id, **fields)
 
-    def _capture(self, event: FailureEvent) -> str | None:
+    @staticmethod
+    def _breadcrumb(event: FailureEvent) -> None:
+        """A failure not routed to Sentry, as a breadcrumb of later events in this process
+        (on the global scope: the integration clears each task's own breadcrumbs)."""
+        sentry_sdk.get_global_scope().add_breadcrumb({
+            "type": "error", "category": "telemetry_guard", "level": LEVELS[event.severity],
+            "message": f"{event.task_name}: {event.exception_type}: {event.message}",
+            "data": {"task_id": event.task_id, "severity": event.severity.label,
+                     "attempt": event.attempt, "decision": event.decision,
+                     "reason": event.reason, "exception_type": event.exception_type},
+        })
+
+    def _capture(self, event: FailureEvent, report: Report) -> str | None:
         exc = event.exception
         mechanism = {"type": MECHANISM, "handled": event.retried}
         payload: Event
@@ -322,18 +464,14 @@ class SentrySink(Sink):
                 "value": event.message, "mechanism": mechanism}]}}
             hint = {}
         hint[_HINT_KEY] = True
-        level = LEVELS[event.severity]
-        payload["level"] = level
-        payload["fingerprint"] = list(event.fingerprint)
+        payload["level"] = report.level
+        payload["fingerprint"] = list(report.fingerprint)
         redactor, report_error = self.redactor, self.guard.report_error
         with sentry_sdk.new_scope() as scope:
-            scope.set_level(level)
-            scope.fingerprint = list(event.fingerprint)
-            scope.set_tag("task_name", event.task_name)
-            scope.set_tag("severity", event.severity.label)
-            scope.set_tag("exception_type", event.exception_type)
-            if event.queue:
-                scope.set_tag("queue", event.queue)
+            scope.set_level(report.level)
+            scope.fingerprint = list(report.fingerprint)
+            for key, value in report.tags.items():
+                scope.set_tag(key, value)
             scope.set_context("celery", {
                 "task_id": event.task_id, "retries": event.attempt - 1,
                 "decision": event.decision, "args": event.args, "kwargs": event.kwargs})
@@ -350,6 +488,8 @@ class SentrySink(Sink):
         """Flush; close the client this sink initialised and turn Sentry off if still current."""
         if _hooks.redactor is self.redactor:
             _hooks.redactor = _hooks.report_error = None
+        if _hooks.sinks.get(self.guard) is self:
+            del _hooks.sinks[self.guard]
         client, self._client = self._client, None
         if client is None:
             sentry_sdk.flush()

@@ -17,6 +17,10 @@ from .base import Sink
 TRACER_NAME = "telemetry_guard"
 #: The span name opentelemetry-instrumentation-celery gives a task run.
 INSTRUMENTATION_SPAN_PREFIX = "run/"
+#: The instrumentation scope of that library's spans.
+INSTRUMENTATION_SCOPE = "opentelemetry.instrumentation.celery"
+#: Prefix of the attributes the guard adds to span events.
+EVENT_PREFIX = "telemetry_guard."
 
 
 class _RequestGetter(Getter[Any]):
@@ -53,16 +57,17 @@ class TaskSpan:
 
     def __init__(self, task_name: str, task_id: str | None, retries: int, request: Any) -> None:
         current = trace.get_current_span()
+        attributes = _attributes(task_name, task_id, retries, request)
         if current.is_recording() and getattr(current, "name", "") == (
                 INSTRUMENTATION_SPAN_PREFIX + task_name):
             self.span, self._token, self._owned = current, None, False
-            current.set_attributes(_attributes(task_name, task_id, retries))
+            current.set_attributes(attributes)
         else:
             parent = (propagate.extract(request, getter=REQUEST_GETTER)
                       if _carries_context(request) else None)
             self.span = _tracer().start_span(
                 INSTRUMENTATION_SPAN_PREFIX + task_name, context=parent, kind=SpanKind.CONSUMER,
-                attributes=_attributes(task_name, task_id, retries))
+                attributes=attributes)
             self._token = otel_context.attach(trace.set_span_in_context(self.span, parent))
             self._owned = True
 
@@ -82,11 +87,27 @@ def _carries_context(request: Any) -> bool:
     return isinstance(headers, dict) and "traceparent" in headers
 
 
-def _attributes(task_name: str, task_id: str | None, retries: int) -> dict[str, Any]:
-    attributes: dict[str, Any] = {"celery.task_name": task_name, "celery.retries": retries}
+def _attributes(task_name: str, task_id: str | None, retries: int,
+                request: Any) -> dict[str, Any]:
+    """``celery.*`` and the messaging semantic conventions of a consumer span."""
+    attributes: dict[str, Any] = {
+        "celery.task_name": task_name, "celery.retries": retries,
+        "messaging.system": "celery", "messaging.operation.type": "process",
+    }
     if task_id:
         attributes["celery.task_id"] = task_id
+        attributes["messaging.message.id"] = task_id
+    delivery_info = getattr(request, "delivery_info", None)
+    destination = delivery_info.get("routing_key") if isinstance(delivery_info, dict) else None
+    if destination:
+        attributes["messaging.destination.name"] = str(destination)
     return attributes
+
+
+def opened_by_instrumentation(span: Any) -> bool:
+    """Whether ``span`` is opentelemetry-instrumentation-celery's task span."""
+    scope = getattr(span, "instrumentation_scope", None)
+    return getattr(scope, "name", None) == INSTRUMENTATION_SCOPE
 
 
 _TRACER: trace.Tracer | None = None
@@ -109,7 +130,12 @@ def current_ids() -> tuple[str | None, str | None]:
 
 
 class TracingSink(Sink):
-    """Records the failure on the active span: exception, ERROR status, retry event."""
+    """Records the failure on the active span: exception, ERROR status, retry or give-up.
+
+    One ``exception`` event per failed attempt: on opentelemetry-instrumentation-celery's
+    span, a give-up that Celery sees as the task's failure is recorded by the
+    instrumentation itself (its ``task_failure`` receiver), so the guard adds none.
+    """
 
     name = "tracing"
 
@@ -118,31 +144,36 @@ class TracingSink(Sink):
         if not span.is_recording():
             return
         span.set_attribute("telemetry_guard.severity", event.severity.label)
-        # Recorded by hand, not with record_exception(): the message and
-        # traceback here are the redacted ones.
-        span.add_event("exception", {
-            "exception.type": event.exception_type,
-            "exception.message": event.message,
-            "exception.stacktrace": event.traceback,
-        })
+        if not (event.decision == "give_up" and not event.expected
+                and opened_by_instrumentation(span)):
+            # Recorded by hand, not with record_exception(): the message and
+            # traceback here are the redacted ones.
+            span.add_event("exception", {
+                "exception.type": event.exception_type,
+                "exception.message": event.message,
+                "exception.stacktrace": event.traceback,
+            })
         span.set_status(Status(StatusCode.ERROR, f"{event.exception_type}"))
         if event.retried:
             span.add_event("task.retry", {
-                "attempt": event.attempt,
-                "max_retries": event.max_retries if event.max_retries is not None else -1,
-                "delay_s": event.delay_s or 0.0,
+                EVENT_PREFIX + "attempt": event.attempt,
+                EVENT_PREFIX + "max_retries": (event.max_retries
+                                               if event.max_retries is not None else -1),
+                EVENT_PREFIX + "delay_s": event.delay_s or 0.0,
                 "exception.type": event.exception_type,
             })
         else:
-            span.add_event("task.gave_up", {"reason": event.reason,
+            span.add_event("task.gave_up", {EVENT_PREFIX + "reason": event.reason,
+                                            EVENT_PREFIX + "attempt": event.attempt,
                                             "exception.type": event.exception_type})
 
     def on_breaker_change(self, change: BreakerChange) -> None:
         span = trace.get_current_span()
         if span.is_recording():
             span.add_event("breaker.state_changed", {
-                "breaker": change.breaker, "from_state": change.from_state,
-                "to_state": change.to_state})
+                EVENT_PREFIX + "breaker": change.breaker,
+                EVENT_PREFIX + "from_state": change.from_state,
+                EVENT_PREFIX + "to_state": change.to_state})
 
     def flush(self, timeout: float = 5.0) -> None:
         provider = trace.get_tracer_provider()

@@ -89,7 +89,7 @@ def test_two_connection_errors_then_success_are_two_retries_and_no_giveup(
     runs = [s for s in spans.get_finished_spans() if s.name == "run/t.flaky"]
     assert len(runs) == 3
     retry_events = [ev for s in runs for ev in s.events if ev.name == "task.retry"]
-    assert [ev.attributes["attempt"] for ev in retry_events] == [1, 2]
+    assert [ev.attributes["telemetry_guard.attempt"] for ev in retry_events] == [1, 2]
     assert [s.attributes["celery.retries"] for s in runs] == [0, 1, 2]
     assert [s.status.status_code.name for s in runs] == ["ERROR", "ERROR", "UNSET"]
 

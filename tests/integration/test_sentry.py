@@ -40,6 +40,7 @@ def reset_sentry() -> None:
     """Close whatever client is current and leave sentry-sdk with none (Sentry off)."""
     sentry_sdk.get_client().close(timeout=2.0)
     sentry_sdk.get_global_scope().set_client(None)
+    sentry_sdk.get_global_scope().clear_breadcrumbs()
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +107,7 @@ def test_high_failure_is_one_redacted_event_with_tags_fingerprint_and_celery_con
     assert len(events) == 1
     event = events[0]
     assert event["level"] == "error"
-    assert event["fingerprint"] == ["t.sentry.high", "RuntimeError"]
+    assert event["fingerprint"] == ["{{ default }}", "t.sentry.high"]  # Sentry's grouping, per task
     assert event["tags"]["task_name"] == "t.sentry.high"
     assert event["tags"]["severity"] == "high"
     assert event["tags"]["exception_type"] == "RuntimeError"
@@ -217,18 +218,113 @@ def test_celery_integration_enabled_by_the_app_reports_each_failure_once(
 
     assert server.errors == []
     events = server.events()
-    ours = sorted(e["tags"]["task_name"] for e in events
-                  if e["exception"]["values"][-1]["mechanism"]["type"] == "telemetry_guard")
-    assert ours == ["t.sentry.app_flaky", "t.sentry.app_high"]
-    theirs = [e["exception"]["values"][-1] for e in events
-              if e["exception"]["values"][-1]["mechanism"]["type"] == "celery"]
-    assert [v["type"] for v in theirs] == ["OSError"]
-    assert len(events) == 3
+    by_mechanism: dict[str, list[str]] = {}
+    for e in events:
+        value = e["exception"]["values"][-1]
+        by_mechanism.setdefault(value["mechanism"]["type"], []).append(e["tags"]["task_name"])
+    # Routed (HIGH): once, the guard's own event; the integration's copy is dropped.
+    assert sorted(by_mechanism.pop("telemetry_guard")) == ["t.sentry.app_flaky",
+                                                           "t.sentry.app_high"]
+    # Not routed (LOW, and the plain task's MEDIUM): the integration's own event is kept,
+    # as without the guard, with the guard's tags and fingerprint.
+    assert sorted(by_mechanism.pop("celery")) == ["t.sentry.app_low", "t.sentry.plain"]
+    assert by_mechanism == {}
+    assert len(events) == 4
+    theirs = {e["tags"]["task_name"]: e for e in events
+              if e["exception"]["values"][-1]["mechanism"]["type"] == "celery"}
+    assert theirs["t.sentry.app_low"]["tags"]["severity"] == "low"
+    assert theirs["t.sentry.app_low"]["fingerprint"] == ["{{ default }}", "t.sentry.app_low"]
+    assert theirs["t.sentry.plain"]["tags"]["exception_type"] == "OSError"
+    assert theirs["t.sentry.plain"]["level"] == "error"  # the integration's level is kept
+    assert "celery_task_id" in theirs["t.sentry.plain"]["tags"]  # and its own tags
     types = {v["type"] for e in events for v in e["exception"]["values"]}
-    assert "Retry" not in types and "ValueError" not in types
+    assert "Retry" not in types
     raw = server.raw()
     assert b"canary-pw" not in raw and b"canary-tok" not in raw
     assert b"canary-key" not in raw  # the app's own events get our redaction too
+
+
+def test_fingerprint_setting_task_exception_groups_by_task_and_exception_type(
+        celery_app: Celery, server: SentryServer) -> None:
+    """``telemetry_guard_sentry_fingerprint = "task_exception"``: [task name, exception type]."""
+    celery_app.conf.telemetry_guard_sentry_fingerprint = "task_exception"
+    guard = TelemetryGuard(celery_app, sentry_dsn=server.dsn)
+
+    @celery_app.task(bind=True, base=GuardedTask, name="t.sentry.grouped", severity="high",
+                     retry_policy=NO_RETRY, shared=False)
+    def fail(self: Any) -> None:
+        raise RuntimeError("boom")
+
+    with worker(celery_app):
+        assert run(fail.delay()) == "RuntimeError"
+        guard.flush()
+    assert [e["fingerprint"] for e in server.events()] == [["t.sentry.grouped", "RuntimeError"]]
+
+
+def test_fingerprint_setting_rejects_an_unknown_mode(celery_app: Celery) -> None:
+    with pytest.raises(ValueError, match="sentry_fingerprint.*default, task_exception"):
+        TelemetryGuard(celery_app, sentry_fingerprint="per_host")
+
+
+def test_failures_not_routed_become_breadcrumbs_of_later_events(
+        celery_app: Celery, server: SentryServer) -> None:
+    """LOW and MEDIUM failures send no event of their own (the guard owns the client) but
+    show, redacted, as breadcrumbs of the next event in the same worker."""
+    guard = TelemetryGuard(celery_app, sentry_dsn=server.dsn)
+
+    @celery_app.task(bind=True, base=GuardedTask, name="t.sentry.crumb_low", severity="low",
+                     retry_policy=NO_RETRY, shared=False)
+    def low(self: Any) -> None:
+        raise KeyError("token=canary-tok")
+
+    @celery_app.task(name="t.sentry.crumb_plain", shared=False)
+    def plain() -> None:
+        raise LookupError("medium, from a plain task")
+
+    @celery_app.task(bind=True, base=GuardedTask, name="t.sentry.crumb_high", severity="high",
+                     retry_policy=NO_RETRY, shared=False)
+    def high(self: Any) -> None:
+        raise RuntimeError("high")
+
+    guard.classifier.register(LookupError, "medium")
+    with worker(celery_app):
+        assert run(low.delay()) == "KeyError"
+        assert run(plain.delay()) == "LookupError"
+        assert run(high.delay()) == "RuntimeError"
+        guard.flush()
+
+    events = server.events()
+    assert [e["tags"]["task_name"] for e in events] == ["t.sentry.crumb_high"]
+    crumbs = [c for c in events[0]["breadcrumbs"]["values"] if c["category"] == "telemetry_guard"]
+    assert [(c["data"]["severity"], c["level"]) for c in crumbs] == [
+        ("low", "info"), ("medium", "warning")]
+    assert crumbs[0]["message"].startswith("t.sentry.crumb_low: KeyError:")
+    assert crumbs[1]["message"].startswith("t.sentry.crumb_plain: LookupError:")
+    assert b"canary-tok" not in server.raw()
+
+
+def test_guard_owned_client_reports_a_routed_plain_task_failure_once(
+        celery_app: Celery, server: SentryServer) -> None:
+    """A plain task's HIGH failure, with the client the guard initialised (its
+    CeleryIntegration captures first): one event, with the guard's tags and level."""
+    guard = TelemetryGuard(celery_app, sentry_dsn=server.dsn)
+    guard.classifier.register(PermissionError, "critical")
+
+    @celery_app.task(name="t.sentry.plain_critical", shared=False)
+    def plain(**kwargs: Any) -> None:
+        raise PermissionError("denied secret=canary-sec")
+
+    before = notifications("critical", "sent")
+    with worker(celery_app):
+        assert run(plain.apply_async(kwargs={"password": "canary-pw"})) == "PermissionError"
+        guard.flush()
+    events = server.events()
+    assert len(events) == 1
+    assert events[0]["tags"]["severity"] == "critical" and events[0]["level"] == "fatal"
+    assert events[0]["fingerprint"] == ["{{ default }}", "t.sentry.plain_critical"]
+    assert notifications("critical", "sent") - before == 1
+    raw = server.raw()
+    assert b"canary-sec" not in raw and b"canary-pw" not in raw
 
 
 @pytest.mark.parametrize("mode", ["ok", "error", "hang"])

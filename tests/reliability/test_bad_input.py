@@ -339,7 +339,7 @@ def check_log_sink(guard: TelemetryGuard, task: GuardedTask, json_log: io.String
     lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
     assert [line["event"] for line in lines] == [
         "task.failed", "task.retry_scheduled" if decision == "retry" else "task.gave_up"]
-    assert len(lines[0]["message"]) <= MAX_MESSAGE
+    assert len(lines[0]["exception_message"]) <= MAX_MESSAGE
     assert len(lines[0]["traceback"]) <= MAX_TRACEBACK
     assert lines[0]["exception_type"] == type(exc).__name__
 

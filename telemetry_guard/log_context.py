@@ -1,0 +1,57 @@
+"""The structlog context of a running task.
+
+Inside a task, ``task_id``, ``task_name`` and, where a span is active, ``trace_id`` and
+``span_id`` are bound with ``structlog.contextvars``, so the application's own log lines
+carry them (with ``merge_contextvars`` among its processors, as structlog's default set-up
+has), and are restored to what they were when the task ends.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from .sinks.tracing import current_ids
+
+Tokens = Mapping[str, contextvars.Token[Any]]
+
+#: Tokens of the bindings made when each running task started, by task id.
+_BOUND: dict[str, Tokens] = {}
+
+
+def bind_task(task_id: str | None, task_name: str) -> None:
+    """Bind the task's ids (and the active span's) until :func:`unbind_task`."""
+    if not task_id:
+        return
+    values: dict[str, Any] = {"task_id": task_id, "task_name": task_name}
+    trace_id, span_id = current_ids()
+    if trace_id is not None:
+        values["trace_id"] = trace_id
+        values["span_id"] = span_id
+    _BOUND[task_id] = structlog.contextvars.bind_contextvars(**values)
+
+
+def unbind_task(task_id: str | None) -> None:
+    """Restore what :func:`bind_task` replaced for this task."""
+    tokens = _BOUND.pop(task_id, None) if task_id else None
+    if tokens:
+        restore(tokens)
+
+
+def bind_span() -> Tokens:
+    """Bind the active span's ids; give back the tokens :func:`restore` takes."""
+    trace_id, span_id = current_ids()
+    if trace_id is None:
+        return {}
+    return structlog.contextvars.bind_contextvars(trace_id=trace_id, span_id=span_id)
+
+
+def restore(tokens: Tokens) -> None:
+    """Put back the values bound before ``tokens`` were made."""
+    try:
+        structlog.contextvars.reset_contextvars(**tokens)
+    except ValueError:  # made in another context (a task ending in another thread)
+        structlog.contextvars.unbind_contextvars(*tokens)
