@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,11 @@ PACKAGE = ROOT / "telemetry_guard"
 #: What a wheel is built from: pyproject.toml names the readme; the license is found by name.
 BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE")
 HOME = "https://github.com/telemetry-guard/telemetry-guard"
+DOCS = ROOT / "docs"
+#: A markdown link's target: ``[text](target)``.
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+CODE_SPAN = re.compile(r"`[^`\n]*`")
 
 #: Blocks ``opentelemetry.sdk`` in a subprocess, as if only opentelemetry-api were installed.
 WITHOUT_SDK = textwrap.dedent('''
@@ -212,3 +218,47 @@ def test_a_guarded_app_reports_failures_without_the_sdk() -> None:
     assert last_line(ran) == str(sorted([
         ("no_sdk.charge", "retry"), ("no_sdk.charge", "give_up"), ("no_sdk.plain", "give_up"),
     ]))
+
+
+def github_anchor(heading: str) -> str:
+    """The fragment GitHub gives a heading: lower case, punctuation dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def outside_code_blocks(path: Path) -> str:
+    """A markdown file's text without its fenced code blocks."""
+    return FENCED.sub("", path.read_text(encoding="utf-8"))
+
+
+def prose(path: Path) -> str:
+    """A markdown file's text without its code blocks and code spans."""
+    return CODE_SPAN.sub("", outside_code_blocks(path))
+
+
+def anchors(path: Path) -> set[str]:
+    """The fragments of every heading of a markdown file."""
+    return {github_anchor(line.lstrip("#")) for line in outside_code_blocks(path).splitlines()
+            if line.startswith("#")}
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves() -> None:
+    """Each relative link of README.md and docs/*.md names a file, and a heading in it."""
+    broken = []
+    for document in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for target in LINK.findall(prose(document)):
+            if re.match(r"[a-z]+:", target):
+                continue
+            name, _, fragment = target.partition("#")
+            linked = (document.parent / name).resolve() if name else document
+            if not linked.exists():
+                broken.append(f"{document.name}: {target} (no such file)")
+            elif fragment and fragment not in anchors(linked):
+                broken.append(f"{document.name}: {target} (no such heading)")
+    assert broken == []
+
+
+def test_the_readme_links_every_docs_page() -> None:
+    """README.md's table of contents reaches every page under docs/."""
+    linked = {target.partition("#")[0] for target in LINK.findall(prose(ROOT / "README.md"))}
+    pages = {f"docs/{page.name}" for page in DOCS.glob("*.md")}
+    assert pages - linked == set()
