@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from .breaker import CircuitBreaker
 from .classify import Classifier, Severity, classify
 from .events import BreakerChange, FailureEvent
@@ -11,6 +13,11 @@ from .http import register_resilient_request
 from .policy import RetryPolicy
 from .sinks.logging import configure_logging
 from .task import GuardedTask
+
+try:
+    __version__ = _metadata.version("telemetry-guard")  # pyproject.toml is the one source
+except _metadata.PackageNotFoundError:  # imported from a source tree never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BreakerChange",

@@ -31,7 +31,7 @@ SEVERITIES = {"low", "medium", "high", "critical"}
 BREAKER_STATES = {"closed", "open", "half_open"}
 ANY = None  # a label whose values are not enumerated by the contract
 
-#: The README's "Telemetry names": metric -> label -> allowed values (ANY: free).
+#: "Telemetry names" in docs/telemetry.md: metric -> label -> allowed values (ANY: free).
 CONTRACT: dict[str, dict[str, set[str] | None]] = {
     "telemetry_guard_task_failures_total": {"task": ANY, "exception": ANY, "severity": SEVERITIES},
     "telemetry_guard_task_retries_total": {"task": ANY, "exception": ANY},

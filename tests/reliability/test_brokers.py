@@ -6,7 +6,7 @@ and deletes them afterwards; nothing else on the broker is touched. Scenarios:
 
 - a retryable error twice, then success: two retries, no give-up, the result arrives;
 - a give-up: the error-log record is redacted, the dead letter replays to this queue;
-- the notification queue (declared as the README says: ``notification_queue(name,
+- the notification queue (declared as docs/integrations.md says: ``notification_queue(name,
   broker_url)`` in ``task_queues``) is a real AMQP priority queue (``x-max-priority`` 10,
   checked against the server) and the notification message carries priority 9; put back,
   it is then mailed by a worker.
