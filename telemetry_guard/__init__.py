@@ -12,6 +12,7 @@ from .guard import TelemetryGuard
 from .http import register_resilient_request
 from .policy import RetryPolicy
 from .sinks.logging import configure_logging
+from .span_redaction import RedactingSpanExporter
 from .task import GuardedTask
 
 try:
@@ -26,6 +27,7 @@ __all__ = [
     "Classifier",
     "FailureEvent",
     "GuardedTask",
+    "RedactingSpanExporter",
     "RetryPolicy",
     "Severity",
     "TaskMemoryError",

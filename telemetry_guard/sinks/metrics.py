@@ -17,7 +17,7 @@ RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class Metrics:
-    """The telemetry_guard metric families (names are a contract: see the README)."""
+    """The telemetry_guard metric families (names are a contract: see docs/telemetry.md)."""
 
     def __init__(self, registry: Any = None) -> None:
         kw: dict[str, Any] = {"namespace": "telemetry_guard"}
