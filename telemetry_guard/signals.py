@@ -11,7 +11,11 @@ from celery.exceptions import Reject, TimeLimitExceeded
 
 from . import callbacks, exposition, log_context
 from .celery_retry import celery_max_retries, gave_up_in_celery_retry
-from .sinks.tracing import inject_headers
+from .sinks.tracing import (
+    annotate_instrumentation_span,
+    inject_headers,
+    scrub_instrumentation_span,
+)
 from .task import GuardedTask
 
 if TYPE_CHECKING:
@@ -79,11 +83,38 @@ class GuardSignals:
             return
         self._run_after_other_receivers(signals.task_prerun, self.on_task_prerun)
         log_context.bind_task(task_id, sender.name)
+        if not isinstance(sender, GuardedTask) and self._traces():
+            self._annotate_span(sender, task_id)
 
     def on_task_postrun(self, sender: Any = None, task_id: str | None = None,
                         **_: Any) -> None:
-        """Restore structlog's context as it was before the task."""
+        """Restore structlog's context as it was before the task; settle the
+        instrumentation's span of the task before it ends."""
         log_context.unbind_task(task_id)
+        if self.observes(sender) and self._traces():
+            if not isinstance(sender, GuardedTask):
+                self._annotate_span(sender, task_id)
+            self._scrub_span()
+
+    def _scrub_span(self) -> None:
+        """Redact what the instrumentation wrote on its own span (whichever receiver of a
+        signal runs first, one of the task's signals comes after it)."""
+        if not self._traces():
+            return
+        try:
+            scrub_instrumentation_span(self.guard.redactor.redact_text)
+        except Exception as exc:
+            self.guard.report_error("tracing", exc)
+
+    def _traces(self) -> bool:
+        return self.guard.ready and self.guard.settings.tracing
+
+    def _annotate_span(self, task: Any, task_id: str | None) -> None:
+        request = task.request
+        try:
+            annotate_instrumentation_span(task.name, task_id, request.retries or 0, request)
+        except Exception as exc:
+            self.guard.report_error("tracing", exc)
 
     def _run_after_other_receivers(self, signal: Any, handler: Any) -> None:
         """Move ``handler`` behind receivers connected after it (an OpenTelemetry
@@ -101,6 +132,11 @@ class GuardSignals:
         lost child, a hard time limit."""
         if exception is None or isinstance(exception, Reject) or not self.observes(sender):
             return
+        self._report_failure(sender, task_id, exception, args, kwargs, einfo)
+        self._scrub_span()
+
+    def _report_failure(self, sender: Any, task_id: str | None, exception: BaseException,
+                        args: Any, kwargs: Any, einfo: Any) -> None:
         request = sender.request
         if getattr(request, "id", None) != task_id:
             request = _RequestStub(task_id)
@@ -129,6 +165,7 @@ class GuardSignals:
             self.guard.record_celery_retry(
                 sender, reason, request=request, args=getattr(request, "args", ()),
                 kwargs=getattr(request, "kwargs", {}), einfo=einfo)
+            self._scrub_span()
 
     # -- worker lifecycle ---------------------------------------------------------------
     def _is_my_worker(self, sender: Any) -> bool:

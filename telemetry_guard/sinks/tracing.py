@@ -79,6 +79,37 @@ class TaskSpan:
                 otel_context.detach(self._token)
 
 
+#: The attribute in which opentelemetry-instrumentation-celery records ``str(reason)`` of a retry.
+RETRY_REASON_ATTRIBUTE = "celery.retry.reason"
+
+
+def annotate_instrumentation_span(task_name: str, task_id: str | None, retries: int,
+                                  request: Any) -> bool:
+    """Give the instrumentation's span of a plain task (when it is the active one) the
+    ``celery.*`` and messaging attributes a GuardedTask's span has; say whether it was."""
+    span = trace.get_current_span()
+    if not (span.is_recording() and opened_by_instrumentation(span)
+            and getattr(span, "name", "") == INSTRUMENTATION_SPAN_PREFIX + task_name):
+        return False
+    span.set_attributes(_attributes(task_name, task_id, retries, request))
+    return True
+
+
+def scrub_instrumentation_span(redact: Any) -> None:
+    """Before the instrumentation ends its active span: redact the texts it wrote there
+    itself, the ERROR status description and ``celery.retry.reason`` (its ``exception``
+    event cannot be changed; see :class:`RedactingSpanExporter`)."""
+    span = trace.get_current_span()
+    if not (span.is_recording() and opened_by_instrumentation(span)):
+        return
+    reason = (getattr(span, "attributes", None) or {}).get(RETRY_REASON_ATTRIBUTE)
+    if isinstance(reason, str):
+        span.set_attribute(RETRY_REASON_ATTRIBUTE, redact(reason))
+    status = getattr(span, "status", None)
+    if status is not None and status.status_code is StatusCode.ERROR and status.description:
+        span.set_status(Status(StatusCode.ERROR, redact(status.description)))
+
+
 def _carries_context(request: Any) -> bool:
     """Whether the message brought trace headers (most cheaply: a ``traceparent``)."""
     if getattr(request, "traceparent", None) is not None:

@@ -138,13 +138,13 @@ def test_instrumentation_span_has_one_exception_event_per_failed_attempt(
 
     @celery_app.task(name="fit.inst.plain", shared=False)
     def plain() -> None:
-        raise ValueError("bad row")
+        raise ValueError(f"bad row api_key={SECRET}")
 
     @celery_app.task(bind=True, name="fit.inst.autoretry", autoretry_for=(ConnectionError,),
                      retry_kwargs={"max_retries": 1, "countdown": 0.01}, shared=False)
     def autoretry(self: Any) -> str:
         if self.request.retries == 0:
-            raise ConnectionError("broker hiccup")
+            raise ConnectionError(f"broker hiccup token={SECRET}")
         return "ok"
 
     with instrumented(), worker(celery_app):
@@ -181,15 +181,23 @@ def test_instrumentation_span_has_one_exception_event_per_failed_attempt(
     assert given_up.attributes["telemetry_guard.reason"] == "max_retries_exceeded"
     assert run.status.status_code.name == "ERROR"
 
-    # (iii) a plain task failing: one exception event.
+    # (iii) a plain task failing: one exception event; the span annotated like a
+    # GuardedTask's; the status text the instrumentation wrote is redacted (its exception
+    # event cannot be changed: RedactingSpanExporter's job).
     [run] = runs(spans, "fit.inst.plain")
     assert len(events(run, "exception")) == 1 and run.status.status_code.name == "ERROR"
-    assert run.attributes["messaging.message.id"] == failed.id
+    assert_messaging(run, failed.id, "fit.inst.plain", 0)
+    assert SECRET not in (run.status.description or "")
 
     # (iv) a plain task with autoretry_for, retried once: one exception event on that run.
     retried_run, succeeded_run = runs(spans, "fit.inst.autoretry")
     [exception] = events(retried_run, "exception")
     assert exception.attributes["exception.type"] == "ConnectionError"
+    assert SECRET not in exception.attributes["exception.message"]
+    assert_messaging(retried_run, auto.id, "fit.inst.autoretry", 0)
+    assert_messaging(succeeded_run, auto.id, "fit.inst.autoretry", 1)
+    reason = retried_run.attributes["celery.retry.reason"]
+    assert "broker hiccup token=[REDACTED]" in reason and SECRET not in reason
     assert not events(succeeded_run, "exception")
 
     for span in every_run:
