@@ -1,10 +1,16 @@
-"""The peer-suite runner's reading of JUnit XML and its comparison against bare."""
+"""The peer-suite runner's reading of JUnit XML, its comparison against bare, and its
+deliberate differences."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from tests.peers.deliberate_differences import DELIBERATE_DIFFERENCES
+from tests.peers.differences import DifferencesError, judge, parse_differences
 from tests.peers.junit_outcomes import Outcome, new_failures, read_outcomes
+from tests.peers.suites import SUITES as PEER_SUITES
 
 XUNIT1 = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="6">
@@ -61,3 +67,43 @@ def test_new_failures_leave_out_bare_ones_and_count_tests_not_run(tmp_path: Path
             Outcome("error", "not run in this mode (missing from its results)"),
     }
     assert new_failures(bare, read_outcomes(write(tmp_path))) == {}
+
+
+KNOWN_SUITES = {"celery", "sentry-celery"}
+MODES = {"guard", "guarded_task"}
+NODE = "tests/integrations/celery/test_celery.py::test_retry"
+
+
+def test_listed_new_failures_are_deliberate_and_listed_passing_tests_stale() -> None:
+    new = {NODE: Outcome("failed", "assert 2 == 1"), "t/a.py::test_b": Outcome("error", "boom")}
+    listed = {NODE: "GuardedTask retries it", "t/a.py::test_gone": "no longer fails"}
+    verdict = judge(new, listed)
+    assert verdict.unexpected == {"t/a.py::test_b": Outcome("error", "boom")}
+    assert verdict.deliberate == {NODE: (Outcome("failed", "assert 2 == 1"),
+                                         "GuardedTask retries it")}
+    assert verdict.stale == {"t/a.py::test_gone": "no longer fails"}
+    assert verdict.failed
+    assert not judge({NODE: Outcome("failed")}, listed).failed
+
+
+def test_differences_are_read_per_suite_and_mode() -> None:
+    data = {"sentry-celery": {"guarded_task": {NODE: " GuardedTask retries it "}}}
+    assert parse_differences(data, KNOWN_SUITES, MODES) == {
+        ("sentry-celery", "guarded_task"): {NODE: "GuardedTask retries it"}}
+    assert parse_differences({}, KNOWN_SUITES, MODES) == {}
+
+
+@pytest.mark.parametrize(("data", "complaint"), [
+    ({"sentry": {"guard": {}}}, "unknown suite 'sentry'"),
+    ({"celery": {"bare": {}}}, "celery/bare: unknown mode"),
+    ({"celery": {"guard": {NODE: ""}}}, "the reason must be one non-empty line"),
+    ({"celery": {"guard": {NODE: "two\nlines"}}}, "the reason must be one non-empty line"),
+    ({"celery": {"guard": [NODE]}}, "must map node ids to reasons"),
+])
+def test_a_malformed_listing_is_refused(data: dict[str, object], complaint: str) -> None:
+    with pytest.raises(DifferencesError, match=complaint):
+        parse_differences(data, KNOWN_SUITES, MODES)
+
+
+def test_the_shipped_listing_is_well_formed() -> None:
+    parse_differences(DELIBERATE_DIFFERENCES, set(PEER_SUITES), MODES)

@@ -1,4 +1,4 @@
-"""Pytest plugin (``-p tests.peers.guard_plugin``): a guard on every Celery app a peer makes.
+"""Pytest plugin (``-p guard_plugin``): a guard on every Celery app a peer makes.
 
 ``TELEMETRY_GUARD_PEER_MODE`` chooses what ``Celery.__init__`` does besides its work:
 
@@ -7,7 +7,13 @@
 * ``guarded_task``: the same, and ``GuardedTask`` as ``task_cls`` unless the caller
   passed one (or the app's class sets its own).
 
-Every guard points at nothing external: no Redis, Sentry, e-mail or metrics port.
+Every guard points at nothing external: no Redis, Sentry DSN, e-mail or metrics port. A
+Sentry client the suite initialised itself (``sentry_init``) is the guard's, as in an
+application that calls ``sentry_sdk.init``.
+
+``telemetry_guard`` is imported when the first app is made, not with the plugin: it imports
+sentry-sdk, which Sentry's suite wants imported after its own ``tests/__init__.py``.
+
 ``TELEMETRY_GUARD_PEER_STATS`` names a JSON file this plugin writes at the end, so a
 runner can tell that the guards were really made.
 """
@@ -15,6 +21,7 @@ runner can tell that the guards were really made.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import json
 import os
@@ -24,9 +31,6 @@ import celery
 import pytest
 from celery.app.base import app_has_custom
 
-import telemetry_guard
-from telemetry_guard import TelemetryGuard
-
 MODE_VARIABLE = "TELEMETRY_GUARD_PEER_MODE"
 STATS_VARIABLE = "TELEMETRY_GUARD_PEER_STATS"
 MODES = ("bare", "guard", "guarded_task")
@@ -34,7 +38,7 @@ GUARDED_TASK = "telemetry_guard:GuardedTask"
 #: Keyword settings that win over app.conf and TELEMETRY_GUARD_* variables.
 ISOLATED_SETTINGS: dict[str, Any] = {
     "redis_url": None,
-    "sentry_dsn": None,
+    "sentry_dsn": None,  # no DSN of ours: the suite's own sentry_sdk.init client, if any
     "email": {},
     "metrics_port": None,
     "retry_budget": None,
@@ -43,7 +47,7 @@ _MARK = "_peer_suite_guarded"
 
 stats: dict[str, Any] = {
     "mode": "bare", "apps": 0, "guards": 0, "guarded_task_cls": 0,
-    "celery_file": celery.__file__, "telemetry_guard_file": telemetry_guard.__file__,
+    "celery_file": celery.__file__, "telemetry_guard_file": None,
 }
 
 
@@ -80,14 +84,23 @@ def install(mode: str) -> None:
         original(self, *args, **kwargs)
         if mode != "bare" and not self.__dict__.get(_MARK):
             self.__dict__[_MARK] = True
+            from telemetry_guard import TelemetryGuard
+
             TelemetryGuard(self, **ISOLATED_SETTINGS)
             stats["guards"] += 1
 
     celery.Celery.__init__ = __init__
 
 
+def telemetry_guard_file() -> str:
+    """Where ``telemetry_guard`` is imported from, found without importing it."""
+    spec = importlib.util.find_spec("telemetry_guard")
+    return spec.origin if spec is not None and spec.origin else "?"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Install the wrapper before any test module or conftest makes an app."""
+    stats["telemetry_guard_file"] = telemetry_guard_file()
     install(peer_mode())
 
 
