@@ -16,4 +16,17 @@ error plain Celery would not retry), never a bug waiting for its fix. For exampl
 
 from __future__ import annotations
 
-DELIBERATE_DIFFERENCES: dict[str, dict[str, dict[str, str]]] = {}
+#: The guard adds a ``task.gave_up`` span event next to the instrumentation's one
+#: ``exception`` event; the test counts every event of the span (with only ``exception``
+#: events counted, it passes in both modes).
+_GAVE_UP_EVENT = ("the guard adds its task.gave_up span event beside the instrumentation's "
+                  "single exception event; the test counts all span events")
+
+DELIBERATE_DIFFERENCES: dict[str, dict[str, dict[str, str]]] = {
+    "otel-celery": {
+        "guard": {"tests/test_tasks.py::TestCeleryInstrumentation::test_task_raises":
+                  _GAVE_UP_EVENT},
+        "guarded_task": {"tests/test_tasks.py::TestCeleryInstrumentation::test_task_raises":
+                         _GAVE_UP_EVENT},
+    },
+}
