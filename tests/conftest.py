@@ -67,6 +67,17 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 
 @pytest.fixture
+def instrumented() -> Iterator[None]:
+    """opentelemetry-instrumentation-celery active for this test (before any guard)."""
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    instrumentor = CeleryInstrumentor()
+    instrumentor.instrument()
+    yield
+    instrumentor.uninstrument()
+
+
+@pytest.fixture
 def celery_app(redis_url: str) -> Iterator[Celery]:
     """A Celery app whose broker, result backend and telemetry Redis is the private server."""
     app = Celery("tests", broker=redis_url, backend=redis_url, set_as_current=False)

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
 from telemetry_guard import GuardedTask, RetryPolicy, TelemetryGuard
-
-
-@pytest.fixture
-def instrumented() -> Iterator[None]:
-    instrumentor = CeleryInstrumentor()
-    instrumentor.instrument()
-    yield
-    instrumentor.uninstrument()
 
 
 def test_instrumentation_span_is_annotated_not_duplicated(

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -18,13 +16,6 @@ from telemetry_guard import RedactingSpanExporter, TelemetryGuard
 
 SECRET = "canary-key-5c1e"
 
-
-@pytest.fixture
-def instrumented() -> Iterator[None]:
-    instrumentor = CeleryInstrumentor()
-    instrumentor.instrument()
-    yield
-    instrumentor.uninstrument()
 
 
 def span_text(span: Any) -> str:
