@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import threading
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -231,22 +234,35 @@ def test_a_retry_is_refused_exactly_when_reserve_and_deposits_are_below_one(
 
 # -- RetryBudget.deposit -----------------------------------------------------------------
 
-def test_deposit_is_a_sub_microsecond_counter_increment() -> None:
-    """A deposit does no I/O (nothing listens at the URL, nothing is reported) and costs well
-    under a microsecond."""
+def test_deposit_costs_about_a_locked_counter_increment() -> None:
+    """A deposit does no I/O (nothing listens at the URL, nothing is reported): it costs
+    about what a dict increment under a lock costs, timed in the same run (I/O, even to a
+    local socket, would cost a hundred times more)."""
     errors: list[tuple[str, BaseException | None]] = []
     budget = RetryBudget(f"redis://127.0.0.1:{free_port()}/0", BudgetConfig(),
                          flush_interval=3600.0,
                          report_error=lambda sink, exc: errors.append((sink, exc)))
-    deposit = budget.deposit
-    n, best = 20_000, math.inf
-    for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(n):
-            deposit("tasks.charge")
-        best = min(best, (time.perf_counter() - started) / n)
+    lock, pending, pid = threading.Lock(), {"tasks.warm": 1}, os.getpid()
+
+    def increment(scope: str) -> None:
+        if pid != os.getpid():
+            raise AssertionError("forked")
+        with lock:
+            pending[scope] = pending.get(scope, 0) + 1
+
+    def best_of(call: Any) -> float:
+        n, best = 20_000, math.inf
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(n):
+                call("tasks.charge")
+            best = min(best, (time.perf_counter() - started) / n)
+        return best
+
+    reference, deposit = best_of(increment), best_of(budget.deposit)
     assert errors == []
-    assert best < 1e-6, f"deposit took {best * 1e9:.0f} ns"
+    assert deposit < 3 * reference, (
+        f"deposit took {deposit * 1e9:.0f} ns, a locked increment {reference * 1e9:.0f} ns")
     budget.close()  # writes to nothing: fails open, reported
     assert [sink for sink, _ in errors] == ["retry_budget"]
 

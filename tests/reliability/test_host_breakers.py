@@ -6,7 +6,8 @@ A solo worker in this process runs the 600 tasks against a private Redis, with
 ``max_label_values`` set to 50. Then: this process holds at most ``MAX_HOST_BREAKERS`` of
 those breakers (even after garbage collection), yet Redis still has the state of all 600;
 every breaker key expires; each breaker metric names at most 50 of the hosts plus ``other``;
-and the state gauge reads every breaker in one round trip, in a few milliseconds.
+and the state gauge reads every breaker in one round trip, costing about what one pipelined
+read of every live breaker's hash costs.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from tests.http_server import Reply, ScriptedHTTPServer
 
 HOSTS = 600
 LABEL_BOUND = 50
-SCRAPE_BUDGET_S = 0.050
+#: The state gauge's scrape may cost this many times one pipelined read of the breakers.
+SCRAPE_RATIO = 4.0
 
 
 class ManyPorts:
@@ -165,18 +167,27 @@ def test_six_hundred_hosts_keep_breakers_labels_keys_and_scrapes_bounded(
         assert len((shown - earlier[family]) & names) <= LABEL_BOUND, family
         assert OTHER in shown, family
 
-    # the scrape: one round trip for all breaker states, in a few milliseconds
+    # the scrape: one round trip for all breaker states, costing about what one pipelined
+    # read of every live breaker's hash costs, timed in the same run
     collector = BreakerStateCollector()
     list(collector.collect())
-    timings, writes = [], []
+    live = [f"telemetry_guard:breaker:{b.name}" for b in all_breakers()]
+    timings, writes, references = [], [], []
     for _ in range(5):
         counted.writes = 0
         begun = time.perf_counter()
         list(collector.collect())
         timings.append(time.perf_counter() - begun)
         writes.append(counted.writes)
-    median = statistics.median(timings)
+        begun = time.perf_counter()
+        pipe = client.pipeline(transaction=False)
+        for key in live:
+            pipe.hgetall(key)
+        pipe.execute()
+        references.append(time.perf_counter() - begun)
+    median, plain = statistics.median(timings), statistics.median(references)
     print(f"\n{HOSTS} hosts in {took:.1f}s; {len(registered)} breakers live; "
-          f"scrape of the state gauge: median {median * 1000:.1f} ms, writes {writes}")
+          f"scrape of the state gauge: median {median * 1000:.1f} ms, writes {writes}; "
+          f"one pipelined read of the {len(live)} hashes: {plain * 1000:.1f} ms")
     assert writes == [1] * 5
-    assert median < SCRAPE_BUDGET_S
+    assert median < SCRAPE_RATIO * plain
