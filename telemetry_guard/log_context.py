@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 from .sinks.tracing import current_ids
 
@@ -22,15 +23,16 @@ Tokens = Mapping[str, contextvars.Token[Any]]
 _BOUND: dict[str, Tokens] = {}
 
 
-def bind_task(task_id: str | None, task_name: str) -> None:
-    """Bind the task's ids (and the active span's) until :func:`unbind_task`."""
+def bind_task(task_id: str | None, task_name: str, span: Any = None) -> None:
+    """Bind the task's ids (and those of ``span``, the active one when not given) until
+    :func:`unbind_task`."""
     if not task_id:
         return
     values: dict[str, Any] = {"task_id": task_id, "task_name": task_name}
-    trace_id, span_id = current_ids()
-    if trace_id is not None:
-        values["trace_id"] = trace_id
-        values["span_id"] = span_id
+    ctx = (span if span is not None else trace.get_current_span()).get_span_context()
+    if ctx.is_valid:
+        values["trace_id"] = format(ctx.trace_id, "032x")
+        values["span_id"] = format(ctx.span_id, "016x")
     _BOUND[task_id] = structlog.contextvars.bind_contextvars(**values)
 
 

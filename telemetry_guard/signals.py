@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any
 from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.exceptions import Reject, TimeLimitExceeded
+from opentelemetry import trace
 
 from . import callbacks, exposition, log_context
 from .celery_retry import celery_max_retries, gave_up_in_celery_retry
 from .sinks.tracing import (
     annotate_instrumentation_span,
     inject_headers,
+    opened_by_instrumentation,
     scrub_instrumentation_span,
 )
 from .task import GuardedTask
@@ -78,41 +80,51 @@ class GuardSignals:
                 and self.guard.settings.observe_all_tasks)
 
     def on_task_prerun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
-        """Bind the task's ids in structlog's context for the application's own log lines."""
+        """Bind the task's ids in structlog's context for the application's own log lines;
+        annotate the instrumentation's span of a plain task."""
         if not self.observes(sender):
             return
-        self._run_after_other_receivers(signals.task_prerun, self.on_task_prerun)
-        log_context.bind_task(task_id, sender.name)
-        if not isinstance(sender, GuardedTask) and self._traces():
-            self._annotate_span(sender, task_id)
+        if signals.task_prerun.receivers[-1][0][0] != self._uid:
+            self._run_after_other_receivers(signals.task_prerun, self.on_task_prerun)
+        span = trace.get_current_span()
+        log_context.bind_task(task_id, sender.name, span)
+        if opened_by_instrumentation(span) and not isinstance(sender, GuardedTask):
+            self._settle_span(span, sender, task_id, scrub=False)
 
     def on_task_postrun(self, sender: Any = None, task_id: str | None = None,
                         **_: Any) -> None:
         """Restore structlog's context as it was before the task; settle the
         instrumentation's span of the task before it ends."""
         log_context.unbind_task(task_id)
-        if self.observes(sender) and self._traces():
-            if not isinstance(sender, GuardedTask):
-                self._annotate_span(sender, task_id)
-            self._scrub_span()
+        span = trace.get_current_span()
+        if opened_by_instrumentation(span) and self.observes(sender):
+            self._settle_span(span, sender, task_id, scrub=True)
 
     def _scrub_span(self) -> None:
         """Redact what the instrumentation wrote on its own span (whichever receiver of a
         signal runs first, one of the task's signals comes after it)."""
-        if not self._traces():
-            return
-        try:
-            scrub_instrumentation_span(self.guard.redactor.redact_text)
-        except Exception as exc:
-            self.guard.report_error("tracing", exc)
+        span = trace.get_current_span()
+        if opened_by_instrumentation(span) and self._traces():
+            try:
+                scrub_instrumentation_span(span, self.guard.redactor.redact_text)
+            except Exception as exc:
+                self.guard.report_error("tracing", exc)
 
     def _traces(self) -> bool:
         return self.guard.ready and self.guard.settings.tracing
 
-    def _annotate_span(self, task: Any, task_id: str | None) -> None:
-        request = task.request
+    def _settle_span(self, span: Any, task: Any, task_id: str | None, *, scrub: bool) -> None:
+        """The instrumentation's span of ``task``: annotated when the task is a plain one
+        (a GuardedTask's own span code does it), redacted when ``scrub``."""
+        if not self._traces():
+            return
         try:
-            annotate_instrumentation_span(task.name, task_id, request.retries or 0, request)
+            if not isinstance(task, GuardedTask):
+                request = task.request
+                annotate_instrumentation_span(span, task.name, task_id, request.retries or 0,
+                                              request)
+            if scrub:
+                scrub_instrumentation_span(span, self.guard.redactor.redact_text)
         except Exception as exc:
             self.guard.report_error("tracing", exc)
 

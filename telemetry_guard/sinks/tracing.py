@@ -83,25 +83,18 @@ class TaskSpan:
 RETRY_REASON_ATTRIBUTE = "celery.retry.reason"
 
 
-def annotate_instrumentation_span(task_name: str, task_id: str | None, retries: int,
-                                  request: Any) -> bool:
-    """Give the instrumentation's span of a plain task (when it is the active one) the
-    ``celery.*`` and messaging attributes a GuardedTask's span has; say whether it was."""
-    span = trace.get_current_span()
-    if not (span.is_recording() and opened_by_instrumentation(span)
-            and getattr(span, "name", "") == INSTRUMENTATION_SPAN_PREFIX + task_name):
-        return False
-    span.set_attributes(_attributes(task_name, task_id, retries, request))
-    return True
+def annotate_instrumentation_span(span: Any, task_name: str, task_id: str | None,
+                                  retries: int, request: Any) -> None:
+    """Give the instrumentation's span of a plain task the ``celery.*`` and messaging
+    attributes a GuardedTask's span has."""
+    if getattr(span, "name", "") == INSTRUMENTATION_SPAN_PREFIX + task_name:
+        span.set_attributes(_attributes(task_name, task_id, retries, request))
 
 
-def scrub_instrumentation_span(redact: Any) -> None:
-    """Before the instrumentation ends its active span: redact the texts it wrote there
-    itself, the ERROR status description and ``celery.retry.reason`` (its ``exception``
-    event cannot be changed; see :class:`RedactingSpanExporter`)."""
-    span = trace.get_current_span()
-    if not (span.is_recording() and opened_by_instrumentation(span)):
-        return
+def scrub_instrumentation_span(span: Any, redact: Any) -> None:
+    """Before the instrumentation ends its span: redact the texts it wrote there itself,
+    the ERROR status description and ``celery.retry.reason`` (its ``exception`` event cannot
+    be changed; see :class:`RedactingSpanExporter`)."""
     reason = (getattr(span, "attributes", None) or {}).get(RETRY_REASON_ATTRIBUTE)
     if isinstance(reason, str):
         span.set_attribute(RETRY_REASON_ATTRIBUTE, redact(reason))
@@ -136,9 +129,9 @@ def _attributes(task_name: str, task_id: str | None, retries: int,
 
 
 def opened_by_instrumentation(span: Any) -> bool:
-    """Whether ``span`` is opentelemetry-instrumentation-celery's task span."""
+    """Whether ``span`` is opentelemetry-instrumentation-celery's task span, still open."""
     scope = getattr(span, "instrumentation_scope", None)
-    return getattr(scope, "name", None) == INSTRUMENTATION_SCOPE
+    return getattr(scope, "name", None) == INSTRUMENTATION_SCOPE and span.is_recording()
 
 
 _TRACER: trace.Tracer | None = None
