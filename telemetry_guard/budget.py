@@ -55,6 +55,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from .sinks.base import Sink
+
 ErrorReporter = Callable[[str, "BaseException | None"], None]
 
 DEFAULT_RATIO = 0.2
@@ -401,3 +403,21 @@ class RetryBudget:
                 entry[0].close()
             except Exception:
                 pass
+
+
+class BudgetLifecycle(Sink):
+    """Gives the retry budget the sinks' lifecycle: re-created after fork, flushed, closed."""
+
+    name = "retry_budget"
+
+    def __init__(self, budget: RetryBudget) -> None:
+        self.budget = budget
+
+    def after_fork(self) -> None:
+        self.budget.after_fork()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        self.budget.flush(timeout)
+
+    def close(self) -> None:
+        self.budget.close()

@@ -11,7 +11,7 @@ from billiard.exceptions import WorkerLostError
 from celery.exceptions import Ignore, Reject, Retry
 
 from . import breaker
-from .budget import RetryBudget
+from .budget import BudgetLifecycle, RetryBudget
 from .callbacks import ErrorCallback, ErrorCallbacks
 from .celery_logs import CeleryLogScrubber
 from .celery_retry import (
@@ -46,24 +46,6 @@ from .task import GuardedTask, build_failure_event, failure_routing
 RECORDED_IDS = 4096
 #: A traceback may be this many times longer than any other value.
 TRACEBACK_SIZE_FACTOR = 4
-
-
-class BudgetLifecycle(Sink):
-    """Gives the retry budget the sinks' lifecycle: re-created after fork, flushed, closed."""
-
-    name = "retry_budget"
-
-    def __init__(self, budget: RetryBudget) -> None:
-        self.budget = budget
-
-    def after_fork(self) -> None:
-        self.budget.after_fork()
-
-    def flush(self, timeout: float = 5.0) -> None:
-        self.budget.flush(timeout)
-
-    def close(self) -> None:
-        self.budget.close()
 
 
 class _NullObserver:
@@ -301,10 +283,6 @@ class TelemetryGuard:
         failure event Celery's signal brings next will say."""
         reason = "max_retries_exceeded" if gave_up_in_celery_retry(exc) else "not_retryable"
         return failure_routing(self, task, exc, reason)
-
-    def observes(self, task: Any) -> bool:
-        """Whether this guard reports failures of ``task``."""
-        return self.signals.observes(task)
 
     def cap_countdown(self, task_name: str, delay: float) -> float:
         """Keep a retry countdown below the broker's redelivery horizon; warn once per task."""

@@ -7,7 +7,7 @@ import sys
 from sentry_sdk.utils import event_from_exception
 
 from telemetry_guard.redact import REDACTED, Redactor
-from telemetry_guard.sinks.sentry import redact_event
+from telemetry_guard.sinks.sentry_redaction import redact_event
 from telemetry_guard.tracebacks import format_traceback
 
 SECRET = "hunter2-canary-5b1e"

@@ -47,7 +47,6 @@ from sentry_sdk.consts import DEFAULT_OPTIONS
 from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.scope import add_global_event_processor
 from sentry_sdk.utils import (  # type: ignore[attr-defined]
-    AnnotatedValue,
     event_from_exception,
 )
 
@@ -55,6 +54,7 @@ from ..classify import Severity
 from ..events import FailureEvent
 from ..redact import Redactor
 from .base import Sink
+from .sentry_redaction import OWN_EVENT_HINT, ErrorReporter, EventDict, event_values, redacted
 
 if TYPE_CHECKING:
     from sentry_sdk.types import Event, Hint
@@ -73,15 +73,12 @@ DUPLICATE_MECHANISMS = frozenset({"celery", "logging"})
 REPORTED_ATTR = "__telemetry_guard_reported__"
 #: Exceptions that refuse attributes are remembered by id; this many at most.
 FALLBACK_MARKS = 64
-_HINT_KEY = "telemetry_guard"
 #: ``send_default_pii=False``, said explicitly where the SDK does not deprecate the option
 #: (sentry-sdk with ``data_collection`` warns on it; there, leaving it unset means off).
 _NO_PII: dict[str, Any] = (
     {} if "data_collection" in DEFAULT_OPTIONS else {"send_default_pii": False})
 _LOGGER_NAMES = ("telemetry_guard", "telemetry_guard.*")
 
-EventDict = dict[str, Any]
-ErrorReporter = Callable[[str, BaseException], None]
 
 
 class Report:
@@ -181,93 +178,9 @@ def report_of(exc: object) -> Report | None:
     return found[1] if found is not None and found[0] is exc else None
 
 
-def redact_event(event: EventDict, redactor: Redactor, *, own: bool = False) -> EventDict:
-    """Redact a Sentry event in place: exception values and frames, breadcrumbs, message,
-    extra, contexts (but ``trace``) and request data. May raise on a malformed event.
-
-    ``own``: the event is ours; its main exception value and ``celery`` context were built
-    from the already redacted FailureEvent and are left as they are (redaction truncates, so
-    a second pass would rewrite the truncation markers).
-    """
-    text = redactor.redact_text
-    for key in ("exception", "threads"):
-        values = _values(event.get(key))
-        for index, value in enumerate(values):
-            main = own and key == "exception" and index == len(values) - 1
-            if isinstance(value.get("value"), str) and not main:
-                value["value"] = text(value["value"])
-            _redact_frames(value.get("stacktrace"), redactor)
-    _redact_frames(event.get("stacktrace"), redactor)
-    for crumb in _values(event.get("breadcrumbs")):
-        if isinstance(crumb.get("message"), str):
-            crumb["message"] = text(crumb["message"])
-        if crumb.get("data"):
-            crumb["data"] = _redact_value(crumb["data"], redactor)
-    if isinstance(event.get("message"), str):
-        event["message"] = text(event["message"])
-    logentry = event.get("logentry")
-    if isinstance(logentry, dict):
-        for key in ("message", "formatted"):
-            if isinstance(logentry.get(key), str):
-                logentry[key] = text(logentry[key])
-        if logentry.get("params"):
-            logentry["params"] = redactor.redact(logentry["params"])
-    if event.get("extra"):
-        event["extra"] = _redact_value(event["extra"], redactor)
-    contexts = event.get("contexts")
-    if isinstance(contexts, dict):
-        for name, context in contexts.items():
-            if name != "trace" and not (own and name == "celery"):
-                contexts[name] = _redact_value(context, redactor)
-    request = event.get("request")
-    if isinstance(request, dict):
-        for key, value in request.items():
-            request[key] = _redact_value(value, redactor)
-    return event
-
-
-def _values(container: Any) -> list[dict[str, Any]]:
-    values = container.get("values") if isinstance(container, dict) else None
-    return [v for v in values if isinstance(v, dict)] if isinstance(values, list) else []
-
-
-def _redact_frames(stacktrace: Any, redactor: Redactor) -> None:
-    frames = stacktrace.get("frames") if isinstance(stacktrace, dict) else None
-    for frame in frames if isinstance(frames, list) else ():
-        if not isinstance(frame, dict):
-            continue
-        if frame.get("vars"):
-            frame["vars"] = _redact_value(frame["vars"], redactor)
-        if isinstance(frame.get("context_line"), str):
-            frame["context_line"] = redactor.redact_text(frame["context_line"])
-        for key in ("pre_context", "post_context"):
-            lines = frame.get(key)
-            if isinstance(lines, list):
-                frame[key] = [redactor.redact_text(line) for line in lines]
-
-
-def _redact_value(value: Any, redactor: Redactor) -> Any:
-    """``redactor.redact``, keeping the SDK's AnnotatedValue wrapper (events before serialising)."""
-    if isinstance(value, AnnotatedValue):
-        return AnnotatedValue(redactor.redact(value.value), value.metadata)
-    return redactor.redact(value)
-
-
-def _redacted(event: Event, hint: Hint | None, redactor: Redactor,
-              report_error: ErrorReporter | None) -> Event | None:
-    """The redacted event, or None (dropped: never sent unredacted) when redaction fails."""
-    try:
-        own = bool(hint and hint.get(_HINT_KEY))
-        return cast("Event", redact_event(cast(EventDict, event), redactor, own=own))
-    except Exception as exc:
-        if report_error is not None:
-            report_error(CHANNEL, exc)
-        return None
-
-
 def _mechanism_types(event: EventDict) -> set[str]:
     types = set()
-    for value in _values(event.get("exception")):
+    for value in event_values(event.get("exception")):
         mechanism = value.get("mechanism")
         if isinstance(mechanism, dict) and isinstance(mechanism.get("type"), str):
             types.add(mechanism["type"])
@@ -283,7 +196,7 @@ def _process_event(event: Event, hint: Hint) -> Event | None:
     owned = client is _hooks.owned_client
     if not owned:
         _redact_last(client)
-    if hint.get(_HINT_KEY) or event.get("type") in ("transaction", "check_in"):
+    if hint.get(OWN_EVENT_HINT) or event.get("type") in ("transaction", "check_in"):
         return event
     exc_info = hint.get("exc_info")
     exc = exc_info[1] if isinstance(exc_info, tuple) and len(exc_info) == 3 else None
@@ -309,7 +222,7 @@ def _report_for_running_task(exc: BaseException) -> Report | None:
     task = get_current_task()
     guard = getattr(getattr(task, "app", None), "_telemetry_guard", None)
     sink = _hooks.sinks.get(guard) if guard is not None else None
-    if sink is None or not guard.observes(task):
+    if sink is None or not guard.signals.observes(task):
         return None
     try:
         severity, _, channels = guard.routing_of(task, exc)
@@ -342,7 +255,7 @@ class _RedactingBeforeSend:
         redactor = _hooks.redactor
         if redactor is None:
             return event
-        return _redacted(event, hint, redactor, _hooks.report_error)
+        return redacted(event, hint, redactor, _hooks.report_error)
 
 
 def _redact_last(client: Any) -> None:
@@ -377,7 +290,7 @@ class SentrySink(Sink):
             redactor, report_error = self.redactor, guard.report_error
 
             def before_send(event: Event, hint: Hint) -> Event | None:
-                return _redacted(event, hint, redactor, report_error)
+                return redacted(event, hint, redactor, report_error)
 
             sentry_sdk.init(dsn=dsn, before_send=before_send, **_NO_PII)
             self._client = _hooks.owned_client = sentry_sdk.get_client()
@@ -463,7 +376,7 @@ class SentrySink(Sink):
                 "type": event.exception_type, "module": event.exception_module,
                 "value": event.message, "mechanism": mechanism}]}}
             hint = {}
-        hint[_HINT_KEY] = True
+        hint[OWN_EVENT_HINT] = True
         payload["level"] = report.level
         payload["fingerprint"] = list(report.fingerprint)
         redactor, report_error = self.redactor, self.guard.report_error
@@ -478,7 +391,7 @@ class SentrySink(Sink):
             if exc is None or exc.__traceback__ is None:
                 scope.set_extra("traceback", event.traceback)
             # Runs last, after the integrations' processors (CeleryIntegration adds extra).
-            scope.add_event_processor(lambda ev, h: _redacted(ev, h, redactor, report_error))
+            scope.add_event_processor(lambda ev, h: redacted(ev, h, redactor, report_error))
             return scope.capture_event(payload, hint=hint)
 
     def flush(self, timeout: float = 5.0) -> None:
