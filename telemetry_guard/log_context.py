@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import structlog
-from opentelemetry import trace
 
-from .sinks.tracing import current_ids
+from .sinks.tracing import span_ids
 
 Tokens = Mapping[str, contextvars.Token[Any]]
 
@@ -23,16 +22,15 @@ Tokens = Mapping[str, contextvars.Token[Any]]
 _BOUND: dict[str, Tokens] = {}
 
 
-def bind_task(task_id: str | None, task_name: str, span: Any = None) -> None:
-    """Bind the task's ids (and those of ``span``, the active one when not given) until
-    :func:`unbind_task`."""
+def bind_task(task_id: str | None, task_name: str, span: Any) -> None:
+    """Bind the task's ids (and those of ``span``) until :func:`unbind_task`."""
     if not task_id:
         return
     values: dict[str, Any] = {"task_id": task_id, "task_name": task_name}
-    ctx = (span if span is not None else trace.get_current_span()).get_span_context()
-    if ctx.is_valid:
-        values["trace_id"] = format(ctx.trace_id, "032x")
-        values["span_id"] = format(ctx.span_id, "016x")
+    trace_id, span_id = span_ids(span)
+    if trace_id is not None:
+        values["trace_id"] = trace_id
+        values["span_id"] = span_id
     _BOUND[task_id] = structlog.contextvars.bind_contextvars(**values)
 
 
@@ -43,9 +41,14 @@ def unbind_task(task_id: str | None) -> None:
         restore(tokens)
 
 
-def bind_span() -> Tokens:
-    """Bind the active span's ids; give back the tokens :func:`restore` takes."""
-    trace_id, span_id = current_ids()
+def trace_bound(task_id: str | None) -> bool:
+    """Whether :func:`bind_task` bound trace ids for this task."""
+    return "trace_id" in _BOUND.get(task_id or "", ())
+
+
+def bind_span(span: Any) -> Tokens:
+    """Bind the ids of ``span``; give back the tokens :func:`restore` takes."""
+    trace_id, span_id = span_ids(span)
     if trace_id is None:
         return {}
     return structlog.contextvars.bind_contextvars(trace_id=trace_id, span_id=span_id)

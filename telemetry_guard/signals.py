@@ -85,7 +85,7 @@ class GuardSignals:
         if not self.observes(sender):
             return
         if signals.task_prerun.receivers[-1][0][0] != self._uid:
-            self._run_after_other_receivers(signals.task_prerun, self.on_task_prerun)
+            self._run_after_other_receivers()
         span = trace.get_current_span()
         log_context.bind_task(task_id, sender.name, span)
         if opened_by_instrumentation(span) and not isinstance(sender, GuardedTask):
@@ -104,22 +104,19 @@ class GuardSignals:
         """Redact what the instrumentation wrote on its own span (whichever receiver of a
         signal runs first, one of the task's signals comes after it)."""
         span = trace.get_current_span()
-        if opened_by_instrumentation(span) and self._traces():
-            try:
-                scrub_instrumentation_span(span, self.guard.redactor.redact_text)
-            except Exception as exc:
-                self.guard.report_error("tracing", exc)
+        if opened_by_instrumentation(span):
+            self._settle_span(span, None, None, scrub=True)
 
     def _traces(self) -> bool:
         return self.guard.ready and self.guard.settings.tracing
 
     def _settle_span(self, span: Any, task: Any, task_id: str | None, *, scrub: bool) -> None:
-        """The instrumentation's span of ``task``: annotated when the task is a plain one
-        (a GuardedTask's own span code does it), redacted when ``scrub``."""
+        """The instrumentation's span: annotated when ``task`` is a plain task (a
+        GuardedTask's own span code does it), redacted when ``scrub``."""
         if not self._traces():
             return
         try:
-            if not isinstance(task, GuardedTask):
+            if task is not None and not isinstance(task, GuardedTask):
                 request = task.request
                 annotate_instrumentation_span(span, task.name, task_id, request.retries or 0,
                                               request)
@@ -128,14 +125,12 @@ class GuardSignals:
         except Exception as exc:
             self.guard.report_error("tracing", exc)
 
-    def _run_after_other_receivers(self, signal: Any, handler: Any) -> None:
-        """Move ``handler`` behind receivers connected after it (an OpenTelemetry
-        instrumentation that opens the task's span in its own ``task_prerun``), so that from
-        the next task on the span is active when ``handler`` runs."""
-        receivers = signal.receivers
-        if receivers and receivers[-1][0][0] != self._uid:
-            signal.disconnect(handler, dispatch_uid=self._uid)
-            signal.connect(handler, weak=True, dispatch_uid=self._uid)
+    def _run_after_other_receivers(self) -> None:
+        """Move the ``task_prerun`` receiver behind those connected after it (an
+        OpenTelemetry instrumentation that opens the task's span in its own), so that from
+        the next task on the span is active when it runs."""
+        signals.task_prerun.disconnect(self.on_task_prerun, dispatch_uid=self._uid)
+        signals.task_prerun.connect(self.on_task_prerun, weak=True, dispatch_uid=self._uid)
 
     def on_task_failure(self, sender: Any = None, task_id: str | None = None,
                         exception: BaseException | None = None, args: Any = None,

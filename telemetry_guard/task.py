@@ -171,7 +171,10 @@ class GuardedRun:
         if guard.retry_budget is not None and not request.retries:
             guard.retry_budget.deposit(task.name)
         span = guard.start_span(task, request)
-        span_ids = log_context.bind_span() if span is not None else None
+        # Bound already when the task started, unless the span is ours (new) or the
+        # instrumentation opened its own after the guard's task_prerun receiver ran.
+        span_ids = (log_context.bind_span(span.span) if span is not None and (
+            span.owned or not log_context.trace_bound(request.id)) else None)
         started = time.perf_counter()
         try:
             if task.breaker is None:

@@ -379,7 +379,6 @@ class SentrySink(Sink):
         hint[OWN_EVENT_HINT] = True
         payload["level"] = report.level
         payload["fingerprint"] = list(report.fingerprint)
-        redactor, report_error = self.redactor, self.guard.report_error
         with sentry_sdk.new_scope() as scope:
             scope.set_level(report.level)
             scope.fingerprint = list(report.fingerprint)
@@ -390,8 +389,8 @@ class SentrySink(Sink):
                 "decision": event.decision, "args": event.args, "kwargs": event.kwargs})
             if exc is None or exc.__traceback__ is None:
                 scope.set_extra("traceback", event.traceback)
-            # Runs last, after the integrations' processors (CeleryIntegration adds extra).
-            scope.add_event_processor(lambda ev, h: redacted(ev, h, redactor, report_error))
+            # Redacted once, in the client's before_send: after every event processor
+            # (CeleryIntegration adds extra), see _redact_last.
             return scope.capture_event(payload, hint=hint)
 
     def flush(self, timeout: float = 5.0) -> None:

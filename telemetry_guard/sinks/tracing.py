@@ -58,8 +58,7 @@ class TaskSpan:
     def __init__(self, task_name: str, task_id: str | None, retries: int, request: Any) -> None:
         current = trace.get_current_span()
         attributes = _attributes(task_name, task_id, retries, request)
-        if current.is_recording() and getattr(current, "name", "") == (
-                INSTRUMENTATION_SPAN_PREFIX + task_name):
+        if runs_task(current, task_name):
             self.span, self._token, self._owned = current, None, False
             current.set_attributes(attributes)
         else:
@@ -70,6 +69,11 @@ class TaskSpan:
                 attributes=attributes)
             self._token = otel_context.attach(trace.set_span_in_context(self.span, parent))
             self._owned = True
+
+    @property
+    def owned(self) -> bool:
+        """Whether the guard opened this span (else it is the instrumentation's)."""
+        return self._owned
 
     def end(self) -> None:
         """End the span when it is ours and restore the previous context."""
@@ -83,11 +87,17 @@ class TaskSpan:
 RETRY_REASON_ATTRIBUTE = "celery.retry.reason"
 
 
+def runs_task(span: Any, task_name: str) -> bool:
+    """Whether ``span`` is the open ``run/<task name>`` span of the instrumentation."""
+    return span.is_recording() and getattr(span, "name", "") == (
+        INSTRUMENTATION_SPAN_PREFIX + task_name)
+
+
 def annotate_instrumentation_span(span: Any, task_name: str, task_id: str | None,
                                   retries: int, request: Any) -> None:
     """Give the instrumentation's span of a plain task the ``celery.*`` and messaging
     attributes a GuardedTask's span has."""
-    if getattr(span, "name", "") == INSTRUMENTATION_SPAN_PREFIX + task_name:
+    if runs_task(span, task_name):
         span.set_attributes(_attributes(task_name, task_id, retries, request))
 
 
@@ -147,7 +157,12 @@ def _tracer() -> trace.Tracer:
 
 def current_ids() -> tuple[str | None, str | None]:
     """The active span's trace and span ids as hex, or ``(None, None)``."""
-    ctx = trace.get_current_span().get_span_context()
+    return span_ids(trace.get_current_span())
+
+
+def span_ids(span: Any) -> tuple[str | None, str | None]:
+    """A span's trace and span ids as hex, or ``(None, None)`` when it has none."""
+    ctx = span.get_span_context()
     if not ctx.is_valid:
         return None, None
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")

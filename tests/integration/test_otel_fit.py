@@ -14,9 +14,8 @@ from celery.contrib.testing.worker import start_worker
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
 from telemetry_guard import CircuitBreaker, GuardedTask, RetryPolicy, TelemetryGuard
+from tests.flaky_task import SECRET, register_flaky
 
-SECRET = "hunter2"
-FLAKY = RetryPolicy(max_retries=1, base_delay=0.01, max_delay=0.02)
 NO_RETRY = RetryPolicy(max_retries=0)
 INSTRUMENTATION_SCOPE = "opentelemetry.instrumentation.celery"
 GUARD_EVENTS = ("task.retry", "task.gave_up", "breaker.state_changed")
@@ -74,12 +73,7 @@ def test_guarded_task_span_has_messaging_conventions_and_namespaced_events(
     breaker = CircuitBreaker("fit.otel.ledger", failure_threshold=1, reset_timeout=60.0,
                              storage="memory")
 
-    @celery_app.task(bind=True, base=GuardedTask, name="fit.otel.flaky", retry_policy=FLAKY,
-                     shared=False)
-    def flaky(self: Any) -> str:
-        if self.request.retries == 0:
-            raise ConnectionError(f"db refused password={SECRET}")
-        return "ok"
+    flaky = register_flaky(celery_app, "fit.otel.flaky")
 
     @celery_app.task(base=GuardedTask, name="fit.otel.breaker", breaker=breaker,
                      retry_policy=NO_RETRY, shared=False)
@@ -124,12 +118,7 @@ def test_instrumentation_span_has_one_exception_event_per_failed_attempt(
     """With the instrumentation: its span per run, annotated; one ``exception`` per failure."""
     TelemetryGuard(celery_app)
 
-    @celery_app.task(bind=True, base=GuardedTask, name="fit.inst.flaky", retry_policy=FLAKY,
-                     shared=False)
-    def flaky(self: Any) -> str:
-        if self.request.retries == 0:
-            raise ConnectionError(f"db refused password={SECRET}")
-        return "ok"
+    flaky = register_flaky(celery_app, "fit.inst.flaky")
 
     @celery_app.task(base=GuardedTask, name="fit.inst.give_up", retry_policy=NO_RETRY,
                      shared=False)

@@ -18,11 +18,10 @@ from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from prometheus_client import REGISTRY
 
 from telemetry_guard import CircuitBreaker, GuardedTask, RetryPolicy, TelemetryGuard
+from tests.flaky_task import SECRET, register_flaky
 from tests.servers import wait_for
 from tests.smtp_server import CapturingSMTPServer
 
-SECRET = "hunter2"
-FLAKY = RetryPolicy(max_retries=1, base_delay=0.01, max_delay=0.02)
 NO_RETRY = RetryPolicy(max_retries=0)
 TASK_KEYS = ("task_id", "task_name", "trace_id", "span_id")
 #: Attributes every LogRecord has (and ``message``/``asctime``, which formatting adds).
@@ -169,13 +168,7 @@ def test_own_lines_carry_the_task_ids_and_the_context_is_restored(
     TelemetryGuard(celery_app)
     log = structlog.get_logger("myapp")
 
-    @celery_app.task(bind=True, base=GuardedTask, name="fit.flaky", retry_policy=FLAKY,
-                     shared=False)
-    def flaky(self: Any) -> str:
-        log.info("charging", attempt_no=self.request.retries)
-        if self.request.retries == 0:
-            raise ConnectionError(f"db refused password={SECRET}")
-        return "ok"
+    flaky = register_flaky(celery_app, "fit.flaky", log)
 
     @celery_app.task(name="fit.plain", shared=False)
     def plain() -> None:
@@ -246,13 +239,7 @@ def test_every_guard_event_arrives_as_a_log_record_through_render_to_log_kwargs(
         breaker = CircuitBreaker("fit.kwargs.ledger", failure_threshold=1, reset_timeout=60.0,
                                  storage="memory")
 
-        @celery_app.task(bind=True, base=GuardedTask, name="fit.kw.flaky", retry_policy=FLAKY,
-                         shared=False)
-        def flaky(self: Any) -> str:
-            log.info("charging", attempt_no=self.request.retries)
-            if self.request.retries == 0:
-                raise ConnectionError(f"db refused password={SECRET}")
-            return "ok"
+        flaky = register_flaky(celery_app, "fit.kw.flaky", log)
 
         @celery_app.task(base=GuardedTask, name="fit.kw.ledger", severity="critical",
                          shared=False)
