@@ -3,10 +3,10 @@
 ``<prefix>dead`` holds one entry per given-up task. Beside it, each task has an index
 (a sorted set of its entry ids, oldest first) and the stream has one claims hash:
 
-- adding a dead letter (``lua/dead_letter_add.lua``) trims only that task's oldest entries
+- adding a dead letter (``stores/lua/dead_letter_add.lua``) trims only that task's oldest entries
   to its retention, so one task's give-ups never evict another task's dead letters;
-- a replay claims an entry (``lua/dead_letter_claim.lua``) before sending it and, once
-  sent, removes it (``lua/dead_letter_finish.lua``); a failed send releases the claim.
+- a replay claims an entry (``stores/lua/dead_letter_claim.lua``) before sending it and, once
+  sent, removes it (``stores/lua/dead_letter_finish.lua``); a failed send releases the claim.
 
 Every key shares the stream's Redis Cluster slot (hash tag), so each script's keys do.
 """
@@ -19,20 +19,15 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
+
+from .stores.scripts import bind, lua
 
 #: The stream's name after the key prefix.
 DEAD_STREAM = "dead"
 #: Entry field naming the task whose retention the entry counts against.
 TASK_FIELD = "task"
 
-
-@cache
-def lua(name: str) -> str:
-    """The text of a ``telemetry_guard/lua/<name>.lua`` script (read once)."""
-    return resources.files("telemetry_guard").joinpath(f"lua/{name}.lua").read_text("utf-8")
 
 
 def _slot_base(stream_key: str) -> str:
@@ -113,8 +108,8 @@ class DeadLetterClaims:
         self.token = json.dumps({"by": f"{socket.gethostname()}:{os.getpid()}",
                                  "run": uuid.uuid4().hex, "at": round(time.time(), 3)},
                                 sort_keys=True)
-        self._claim = client.register_script(lua("dead_letter_claim"))
-        self._finish = client.register_script(lua("dead_letter_finish"))
+        self._claim = bind(client, "dead_letter_claim")
+        self._finish = bind(client, "dead_letter_finish")
 
     def claim(self, entry_id: str) -> Claim:
         """Take ``entry_id`` for this run, atomically; only one run ever gets ``ok``."""

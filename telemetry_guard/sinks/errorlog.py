@@ -22,9 +22,10 @@ from typing import Any
 import redis
 from kombu.utils.json import dumps as kombu_dumps
 
-from ..dead_letters import DEAD_STREAM, TASK_FIELD, Added, dead_fields, index_key, lua
+from ..dead_letters import DEAD_STREAM, TASK_FIELD, Added, dead_fields, index_key
 from ..events import FailureEvent
 from ..redact import Redactor, safe_repr
+from ..stores.scripts import bind
 from .base import Sink
 
 ErrorReporter = Callable[[str, "BaseException | None"], None]
@@ -164,7 +165,7 @@ class ErrorLogSink(Sink):
         if self._client is None:
             self._client = redis.Redis.from_url(
                 self.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
-            self._add_dead = self._client.register_script(lua("dead_letter_add"))
+            self._add_dead = bind(self._client, "dead_letter_add")
         pipe = self._client.pipeline(transaction=False)
         for key, fields, task in batch:
             if task is None:

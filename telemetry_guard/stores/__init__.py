@@ -1,0 +1,1 @@
+"""Where the guard keeps state outside the process: Redis clients, Lua scripts, writers."""
