@@ -148,10 +148,16 @@ def _to_predicate(match: Matcher) -> Callable[[BaseException], bool]:
 
 
 class Classifier:
-    """Ordered rules, first match wins; user rules come before the defaults."""
+    """Ordered rules, first match wins; user rules come before the defaults.
 
-    def __init__(self, *, defaults: bool = True) -> None:
+    With a ``fallback`` classifier, an exception no rule here matches is classified by it
+    (its rules, then its defaults): the guard's classifier falls back to the process-wide
+    :data:`DEFAULT_CLASSIFIER`.
+    """
+
+    def __init__(self, *, defaults: bool = True, fallback: Classifier | None = None) -> None:
         self._defaults = defaults
+        self._fallback = fallback
         self._rules: tuple[tuple[Callable[[BaseException], bool], Severity], ...] = ()
 
     def __repr__(self) -> str:
@@ -170,6 +176,8 @@ class Classifier:
                     return severity
             except Exception:
                 continue
+        if self._fallback is not None:
+            return self._fallback.classify(exc)
         if not self._defaults:
             return Severity.LOW
         try:

@@ -22,13 +22,14 @@ from .celery_retry import (
     retried_exception,
     retry_delay,
 )
-from .classify import Classifier, Severity
+from .classify import DEFAULT_CLASSIFIER, Classifier, Severity
 from .config import Settings, check_budget_has_redis
 from .dispatch import Dispatcher
 from .events import BreakerChange, Decision, FailureEvent
 from .http import DEFAULT_NAME as HTTP_TASK_NAME
 from .http import resilient_request_task
 from .notify import NOTIFY_TASK_NAME, register_notify_task
+from .pipeline import EventBuilder, Routing
 from .policy import RetryPolicy, cap_below_horizon
 from .redact import Redactor
 from .routing import Router
@@ -39,8 +40,8 @@ from .sinks.errorlog import ErrorLogSink
 from .sinks.logging import LogSink
 from .sinks.metrics import BreakerStateCollector, MetricsSink, get_metrics
 from .sinks.sentry import SentrySink
-from .sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink
-from .task import GuardedTask, build_failure_event, failure_routing
+from .sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink, current_ids
+from .task import GuardedTask
 
 #: How many recorded task ids a process remembers, to never report one failure twice.
 RECORDED_IDS = 4096
@@ -60,17 +61,6 @@ _NULL_OBSERVER = _NullObserver()
 CHANNEL_SINKS = ("sentry", "email")
 
 
-def breaker_trip_event(guard: TelemetryGuard, change: BreakerChange) -> FailureEvent:
-    """A breaker opening, as a HIGH failure for routing to Sentry and e-mail."""
-    severity = Severity.HIGH
-    return FailureEvent(
-        task_name=f"breaker:{change.breaker}", task_id=None, attempt=1, max_retries=None,
-        exception_type="CircuitOpenError", exception_module="telemetry_guard.exceptions",
-        message=f"circuit breaker {change.breaker!r} opened ({change.reason or 'tripped'})",
-        traceback="", severity=severity, decision="give_up", reason="breaker_opened",
-        timestamp=change.timestamp, channels=guard.router.channels_for(severity))
-
-
 class TelemetryGuard:
     """Wires one Celery app: settings, sinks, signals, metrics endpoint. Idempotent.
 
@@ -84,7 +74,8 @@ class TelemetryGuard:
         #: Keyword settings, checked now; the rest is read when the app is configured.
         self._overrides = Settings.check_overrides(settings)
         self.log = structlog.get_logger("telemetry_guard")
-        self.classifier = Classifier()
+        #: Rules registered here come first, then the process-wide ones (``classify``).
+        self.classifier = Classifier(fallback=DEFAULT_CLASSIFIER)
         self.error_callbacks = ErrorCallbacks()
         self.retry_policies: dict[str, RetryPolicy] = {}
         self._recorded: collections.OrderedDict[str, int] = collections.OrderedDict()
@@ -112,7 +103,8 @@ class TelemetryGuard:
     # -- set-up, once the app's configuration is final ------------------------------------
     #: Members built from the settings, on first use or when the app is configured.
     _BUILT = frozenset({
-        "settings", "router", "redactor", "traceback_redactor", "metrics", "metrics_sink",
+        "settings", "router", "redactor", "traceback_redactor", "events", "metrics",
+        "metrics_sink",
         "dispatcher", "retry_budget", "_exporter_handler",
         "_celery_log_scrubber",
     })
@@ -162,6 +154,10 @@ class TelemetryGuard:
         self.traceback_redactor = Redactor(
             keys=s.redact_keys, max_value_chars=s.max_value_chars * TRACEBACK_SIZE_FACTOR,
             max_record_bytes=s.max_record_bytes)
+        self.events = EventBuilder(
+            classifier=self.classifier, router=self.router, redactor=self.redactor,
+            traceback_redactor=self.traceback_redactor,
+            keeps_dead_letters=s.redis_url is not None, trace_ids=current_ids)
         self.metrics = get_metrics()
         self.retry_budget = None
         self.metrics_sink = MetricsSink(self.metrics, max_label_values=s.max_label_values)
@@ -218,7 +214,7 @@ class TelemetryGuard:
         """Tell a breaker transition once; a trip to open is routed like a HIGH failure."""
         self.dispatcher.breaker_change(change)
         if change.to_state == "open":
-            self.dispatcher.failure_to(breaker_trip_event(self, change), CHANNEL_SINKS)
+            self.dispatcher.failure_to(self.events.breaker_trip(change), CHANNEL_SINKS)
 
     def _build_sinks(self) -> list[Sink]:
         s = self.settings
@@ -273,16 +269,13 @@ class TelemetryGuard:
 
     def severity_of(self, task: Any, exc: BaseException) -> Severity:
         """Task option ``severity`` when set, else the classifier's verdict."""
-        override = getattr(task, "severity", None)
-        if override is not None:
-            return Severity.parse(override)
-        return self.classifier.classify(exc)
+        return self.events.severity_of(task, exc)
 
-    def routing_of(self, task: Any, exc: BaseException) -> tuple[Severity, bool, frozenset[str]]:
+    def routing_of(self, task: Any, exc: BaseException) -> Routing:
         """Severity, expected, channels of ``exc`` escaping ``task`` (a give-up), as the
         failure event Celery's signal brings next will say."""
         reason = "max_retries_exceeded" if gave_up_in_celery_retry(exc) else "not_retryable"
-        return failure_routing(self, task, exc, reason)
+        return self.events.routing(task, exc, reason)
 
     def cap_countdown(self, task_name: str, delay: float) -> float:
         """Keep a retry countdown below the broker's redelivery horizon; warn once per task."""
@@ -364,8 +357,8 @@ class TelemetryGuard:
         limit), from Celery's ``einfo``, in the worker's main process. Never raises."""
         try:
             traceback_text = getattr(einfo, "traceback", None)
-            self.record(build_failure_event(
-                self, task, exc, args=args, kwargs=kwargs, request=request, decision=decision,
+            self.record(self.events.build(
+                task, exc, args=args, kwargs=kwargs, request=request, decision=decision,
                 delay=delay, reason=reason, max_retries=max_retries,
                 traceback_text=traceback_text if isinstance(traceback_text, str) else None))
         except Exception as error:

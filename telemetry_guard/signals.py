@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from billiard.exceptions import WorkerLostError
 from celery import signals
@@ -19,15 +19,13 @@ from .sinks.tracing import (
     scrub_instrumentation_span,
 )
 from .task import GuardedTask
-
-if TYPE_CHECKING:
-    from .guard import TelemetryGuard
+from .task_guard import SignalGuard
 
 
 class GuardSignals:
     """Celery signal handlers of one ``TelemetryGuard``."""
 
-    def __init__(self, guard: TelemetryGuard) -> None:
+    def __init__(self, guard: SignalGuard) -> None:
         self.guard = guard
         self._uid = f"telemetry_guard:{id(guard)}"
         self._metrics_server: Any = None

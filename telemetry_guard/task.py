@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
+import structlog
 from celery import Task
 from celery.app.autoretry import add_autoretry_behaviour
 from celery.exceptions import Ignore, Reject, Retry
@@ -22,19 +22,14 @@ from .celery_retry import (
     explicit_celery_retry_options,
     gave_up_in_celery_retry,
 )
-from .classify import Severity, escalate
-from .events import Decision, FailureEvent
+from .classify import Severity
 from .exceptions import CircuitOpenError, UnpicklableTaskError
+from .pipeline import decide
 from .policy import RetryPolicy
 from .redact import exception_message
-from .sinks.tracing import current_ids
-from .tracebacks import format_traceback
-
-if TYPE_CHECKING:
-    from .guard import TelemetryGuard
+from .task_guard import TaskGuard
 
 _PASS_THROUGH = (Retry, Ignore, Reject)
-_HOSTNAME = socket.gethostname()
 
 
 class GuardedTask(Task):  # type: ignore[misc]
@@ -73,7 +68,7 @@ class GuardedTask(Task):  # type: ignore[misc]
             self._orig_run = self.run
         self.run = GuardedRun(self, self.run)
 
-    def _on_exception(self, guard: TelemetryGuard, exc: Exception, args: Any, kwargs: Any,
+    def _on_exception(self, guard: TaskGuard, exc: Exception, args: Any, kwargs: Any,
                       elapsed: float) -> Any:
         """Classify, decide, tell every sink once; say whether to retry, fall back or re-raise.
 
@@ -81,26 +76,15 @@ class GuardedTask(Task):  # type: ignore[misc]
         """
         request = self.request
         policy = guard.policy_for(self)
-        retries = request.retries or 0
-        delay: float | None = None
         max_retries = None if policy.max_retries >= UNBOUNDED_RETRIES else policy.max_retries
-        if gave_up_in_celery_retry(exc):  # a manual ``self.retry`` used up max_retries
-            decision: Decision = "give_up"
-            reason = "max_retries_exceeded"
-        elif policy.allows_retry(exc, retries) and (
-                guard.retry_budget is None or guard.retry_budget.withdraw(self.name)):
-            decision = "retry"
-            reason = ""
-            delay = guard.cap_countdown(self.name, _honour_retry_after(
-                policy.delay(retries + 1), exc, policy))
-        elif policy.allows_retry(exc, retries):
-            decision = "give_up"
-            reason = "retry_budget_exhausted"
-        else:
-            decision = "give_up"
-            reason = "max_retries_exceeded" if policy.should_retry(exc) else "not_retryable"
-        event = build_failure_event(
-            guard, self, exc, args=args, kwargs=kwargs, request=request, decision=decision,
+        budget = guard.retry_budget
+        decision, reason, delay = decide(
+            policy, exc, request.retries or 0, retries_used_up=gave_up_in_celery_retry(exc),
+            budget_allows=None if budget is None else partial(budget.withdraw, self.name))
+        if delay is not None:
+            delay = guard.cap_countdown(self.name, delay)
+        event = guard.events.build(
+            self, exc, args=args, kwargs=kwargs, request=request, decision=decision,
             delay=delay, reason=reason, max_retries=max_retries)
         guard.record(event)
         if decision == "retry":
@@ -118,7 +102,7 @@ class GuardedTask(Task):  # type: ignore[misc]
         """The ``fallback`` option as given (a function set as a task option is not bound)."""
         return type(self).fallback  # type: ignore[return-value]
 
-    def _on_breaker_open(self, guard: TelemetryGuard, exc: CircuitOpenError, args: Any,
+    def _on_breaker_open(self, guard: TaskGuard, exc: CircuitOpenError, args: Any,
                          kwargs: Any) -> Any:
         """The breaker is open: fall back, or come back when it half-opens (not a retry)."""
         if self.fallback is not None:
@@ -128,8 +112,8 @@ class GuardedTask(Task):  # type: ignore[misc]
         delay = exc.retry_after + random.uniform(0.0, max(1.0, 0.1 * exc.retry_after))
         guard.mark_attempt_handled(request)  # a wait for the breaker, not a failed attempt
         if waited + delay > guard.settings.breaker_max_wait:
-            guard.record(build_failure_event(
-                guard, self, exc, args=args, kwargs=kwargs, request=request,
+            guard.record(guard.events.build(
+                self, exc, args=args, kwargs=kwargs, request=request,
                 decision="give_up", reason="breaker_open_too_long"))
             raise exc
         guard.log.info("task.breaker_wait", task_name=self.name, task_id=request.id,
@@ -167,7 +151,9 @@ class GuardedRun:
         request = task.request
         if request.called_directly:
             return body(*args, **kwargs)
-        guard = _guard_of(task.app)
+        guard = _guard_of(task)
+        if guard is None:  # no guard: the task runs as a plain Celery task
+            return body(*args, **kwargs)
         if guard.retry_budget is not None and not request.retries:
             guard.retry_budget.deposit(task.name)
         span = guard.start_span(task, request)
@@ -230,90 +216,11 @@ def resolve_breaker(option: Any) -> CircuitBreaker:
     return found if found is not None else CircuitBreaker(str(option))
 
 
-def _honour_retry_after(delay: float, exc: BaseException, policy: RetryPolicy) -> float:
-    """At least the ``retry_after`` seconds an exception asks for (e.g. HTTP 429), capped."""
-    asked = getattr(exc, "retry_after", None)
-    if isinstance(asked, (int, float)) and asked > delay:
-        return min(float(asked), policy.max_delay)
-    return delay
-
-
 def _seconds(value: Any) -> float:
     try:
         return max(0.0, float(value)) if value is not None else 0.0
     except (TypeError, ValueError):
         return 0.0
-
-
-#: Give-up reasons that make a failure at least HIGH.
-ESCALATING_REASONS = frozenset({
-    "max_retries_exceeded", "breaker_open_too_long", "retry_budget_exhausted"})
-
-
-def failure_routing(guard: TelemetryGuard, task: Any, exc: BaseException,
-                    reason: str) -> tuple[Severity, bool, frozenset[str]]:
-    """A failure's severity, whether the task expects it (``throws``), and its channels."""
-    severity = guard.severity_of(task, exc)
-    if reason in ESCALATING_REASONS:
-        severity = escalate(severity, Severity.HIGH)
-    throws = getattr(task, "throws", ()) or ()
-    expected = bool(throws) and isinstance(exc, throws)
-    channels = guard.router.channels_for(
-        severity, expected=expected, task_routes=getattr(task, "routes", None))
-    return severity, expected, channels
-
-
-def build_failure_event(
-    guard: TelemetryGuard, task: Any, exc: BaseException, *, args: Any, kwargs: Any,
-    request: Any, decision: Decision, delay: float | None = None, reason: str = "",
-    max_retries: int | None = None, traceback_text: str | None = None,
-) -> FailureEvent:
-    """Build the one event every sink receives: redacted, bounded, with trace ids."""
-    task_name = getattr(task, "name", None) or "unknown"
-    severity, expected, channels = failure_routing(guard, task, exc, reason)
-    redactor = guard.redactor
-    trace_id, span_id = current_ids()
-    delivery_info = getattr(request, "delivery_info", None) or {}
-    retries = getattr(request, "retries", 0) or 0
-    task_id = getattr(request, "id", None)
-    replay = None
-    if decision == "give_up" and guard.keeps_dead_letters:
-        replay = {
-            "task": task_name, "id": task_id, "args": list(args or ()),
-            "kwargs": dict(kwargs or {}),
-            "options": {"queue": delivery_info.get("routing_key"),
-                        "exchange": delivery_info.get("exchange"),
-                        "priority": delivery_info.get("priority")},
-        }
-    return FailureEvent(
-        task_name=task_name,
-        task_id=task_id,
-        attempt=retries + 1,
-        max_retries=max_retries,
-        exception_type=type(exc).__name__,
-        exception_module=type(exc).__module__,
-        message=redactor.redact_text(exc),
-        traceback=(guard.traceback_redactor.redact_tail(traceback_text)
-                   if traceback_text is not None
-                   else guard.traceback_redactor.truncate_head(
-                       format_traceback(exc, redactor.redact_text))),
-        severity=severity,
-        decision=decision,
-        delay_s=delay,
-        reason=reason,
-        expected=expected,
-        args=redactor.redact(args),
-        kwargs=redactor.redact(kwargs),
-        queue=delivery_info.get("routing_key"),
-        hostname=getattr(request, "hostname", None) or _HOSTNAME,
-        pid=os.getpid(),
-        trace_id=trace_id,
-        span_id=span_id,
-        timestamp=time.time(),
-        channels=channels,
-        exception=exc,
-        replay=replay,
-    )
 
 
 def transportable(exc: BaseException, traceback_text: str) -> BaseException:
@@ -327,10 +234,15 @@ def transportable(exc: BaseException, traceback_text: str) -> BaseException:
         return UnpicklableTaskError(type(exc).__name__, exception_message(exc), traceback_text)
 
 
-def _guard_of(app: Any) -> TelemetryGuard:
-    guard = getattr(app, "_telemetry_guard", None)
-    if guard is None:
-        from .guard import TelemetryGuard
+def _guard_of(task: Task) -> TaskGuard | None:
+    """The app's guard; None (said once per task) when ``TelemetryGuard(app)`` was never made."""
+    guard = getattr(task.app, "_telemetry_guard", None)
+    if guard is None and task.name not in _UNGUARDED_WARNED:
+        _UNGUARDED_WARNED.add(task.name)
+        structlog.get_logger("telemetry_guard").warning(
+            "task.unguarded", task_name=task.name,
+            fix="call TelemetryGuard(app) where the Celery app is made")
+    return guard
 
-        guard = TelemetryGuard(app)
-    return guard  # type: ignore[no-any-return]
+
+_UNGUARDED_WARNED: set[str] = set()

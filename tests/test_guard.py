@@ -225,3 +225,53 @@ def test_tracing_off_builds_no_tracing_sink(app: Celery) -> None:
     guard = TelemetryGuard(app, tracing=False)
     assert TracingSink not in [type(s) for s in guard.dispatcher.sinks]
     assert guard.start_span(object(), object()) is None
+
+
+def test_a_guarded_task_without_a_guard_runs_plainly_and_builds_none(app: Celery) -> None:
+    """No guard is made behind the user's back: the task runs as Celery runs it, said once."""
+    app.conf.task_always_eager = False
+
+    @app.task(base=GuardedTask, name="t.unguarded", retry_policy=RetryPolicy(max_retries=3))
+    def unguarded(x: int) -> int:
+        if x < 0:
+            raise ValueError("negative")
+        return x * 2
+
+    with capture_logs() as logs:
+        assert unguarded.apply(args=(21,)).get() == 42
+        failed = unguarded.apply(args=(-1,))
+        assert unguarded.apply(args=(1,)).get() == 2
+    assert getattr(app, "_telemetry_guard", None) is None
+    assert isinstance(failed.result, ValueError) and failed.state == "FAILURE"  # not retried
+    warned = [e for e in logs if e["event"] == "task.unguarded"]
+    assert [e["task_name"] for e in warned] == ["t.unguarded"]
+
+
+@pytest.fixture
+def process_rules() -> Iterator[None]:
+    """Rules registered process-wide in a test are gone after it."""
+    from telemetry_guard.classify import DEFAULT_CLASSIFIER
+
+    saved = DEFAULT_CLASSIFIER._rules
+    yield
+    DEFAULT_CLASSIFIER._rules = saved
+
+
+def test_process_wide_rules_apply_to_guarded_tasks_after_the_guards_own(
+        app: Celery, process_rules: None) -> None:
+    """``classify``'s rules apply process-wide, the guard's classifier included."""
+    from telemetry_guard.classify import DEFAULT_CLASSIFIER, classify
+
+    guard = TelemetryGuard(app)
+
+    @app.task(name="t.classified")
+    def classified() -> None:
+        """Never run: only its options are read."""
+
+    DEFAULT_CLASSIFIER.register(KeyError, Severity.HIGH)
+    DEFAULT_CLASSIFIER.register(LookupError, Severity.MEDIUM)
+    guard.classifier.register(KeyError, Severity.CRITICAL)
+    assert guard.severity_of(classified, KeyError("x")) is Severity.CRITICAL  # the guard's first
+    assert guard.severity_of(classified, IndexError("x")) is Severity.MEDIUM  # then process-wide
+    assert classify(KeyError("x")) is Severity.HIGH  # the guard's rules stay the guard's
+    assert guard.severity_of(classified, ConnectionError("x")) is Severity.MEDIUM  # defaults

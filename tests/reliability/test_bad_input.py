@@ -4,7 +4,7 @@ Hypothesis draws nested args and kwargs (bytes, sets, cycles, huge strings and i
 lone surrogates, objects whose ``__repr__`` raises, returns a non-string or a megabyte)
 and exceptions (``__str__`` that raises or returns a non-string, unpicklable ones, a
 ``__cause__`` or ``__context__`` cycle, a 10,000-frame traceback, a class with a hostile
-name). Each failure is built once with ``build_failure_event`` (as ``GuardedTask`` does)
+name). Each failure is built once with ``guard.events.build`` (as ``GuardedTask`` does)
 and handed to each sink directly, so that an exception escaping a sink fails the test
 instead of being swallowed by the dispatcher:
 
@@ -59,7 +59,6 @@ from telemetry_guard.sinks.errorlog import ErrorLogSink
 from telemetry_guard.sinks.logging import LogSink
 from telemetry_guard.sinks.metrics import Metrics, MetricsSink
 from telemetry_guard.sinks.tracing import TracingSink
-from telemetry_guard.task import build_failure_event
 from telemetry_guard.testing import capture_events
 
 MAX_VALUE_CHARS = 2048  # the default telemetry_guard_max_value_chars
@@ -314,11 +313,11 @@ def failure_event(guard: TelemetryGuard, task: GuardedTask, exc: BaseException, 
                   kwargs: Any, decision: str) -> FailureEvent:
     request = Context(id=str(uuid.uuid4()), retries=1, hostname="bad@input",
                       delivery_info={"routing_key": "bad", "exchange": "", "priority": 0})
-    return build_failure_event(guard, task, exc, args=args, kwargs=kwargs, request=request,
-                               decision=decision,  # type: ignore[arg-type]
-                               delay=1.0 if decision == "retry" else None,
-                               reason="" if decision == "retry" else "not_retryable",
-                               max_retries=3)
+    return guard.events.build(task, exc, args=args, kwargs=kwargs, request=request,
+                              decision=decision,  # type: ignore[arg-type]
+                              delay=1.0 if decision == "retry" else None,
+                              reason="" if decision == "retry" else "not_retryable",
+                              max_retries=3)
 
 
 def assert_event_bounded(event: FailureEvent) -> None:
