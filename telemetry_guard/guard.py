@@ -28,7 +28,7 @@ from .dispatch import Dispatcher
 from .events import BreakerChange, Decision, FailureEvent
 from .http import DEFAULT_NAME as HTTP_TASK_NAME
 from .http import resilient_request_task
-from .notify import NOTIFY_TASK_NAME, register_notify_task
+from .notify import NOTIFY_TASK_NAME, Notifier, register_notify_task
 from .pipeline import EventBuilder, Routing
 from .policy import RetryPolicy, cap_below_horizon
 from .redact import Redactor
@@ -180,7 +180,9 @@ class TelemetryGuard:
             return
         resilient_request_task(self.app)
         if self.ready and self.settings.email and not self.__dict__.get("_notify_registered"):
-            register_notify_task(self)
+            notifier = Notifier(self.settings, metrics=self.metrics, log=self.log,
+                                dead_letters_evicted=self.dead_letters_evicted)
+            register_notify_task(self.app, notifier, queue=self.settings.notification_queue)
             self._notify_registered = True
 
     @property
