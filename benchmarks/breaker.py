@@ -28,10 +28,10 @@ import redis  # noqa: E402
 
 from benchmarks._redis import start_redis  # noqa: E402
 from telemetry_guard.breaker import CircuitBreaker  # noqa: E402
-from telemetry_guard.breaker.redis_store import SCRIPT  # noqa: E402
+from telemetry_guard.stores.scripts import lua  # noqa: E402
 
 #: Commands the breaker's Lua script runs; Redis counts them under their own names.
-INSIDE_SCRIPT = {name.lower() for name in re.findall(r"redis\.p?call\('(\w+)'", SCRIPT)}
+INSIDE_SCRIPT = {name.lower() for name in re.findall(r"redis\.p?call\('(\w+)'", lua("breaker"))}
 
 
 def per_call(fns: dict[str, Callable[[], Any]], loops: int,

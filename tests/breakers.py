@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from telemetry_guard.breaker import set_error_listener, set_transition_listener
-from telemetry_guard.breaker.redis_store import _shared_client
+from telemetry_guard.breaker.redis_store import breaker_client
 from telemetry_guard.events import BreakerChange
 
 
@@ -46,7 +46,7 @@ class CountingConnection(redis.Connection):
 @pytest.fixture
 def counted(redis_url: str) -> Iterator[type[CountingConnection]]:
     """The breakers' shared client for ``redis_url`` made of CountingConnections."""
-    pool = _shared_client(redis_url)[0].connection_pool
+    pool = breaker_client(redis_url).connection_pool
     previous = pool.connection_class
     pool.disconnect()
     pool.reset()

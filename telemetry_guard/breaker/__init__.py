@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from ..exceptions import CircuitOpenError
-from .breaker import CircuitBreaker, after_fork, states
+from .breaker import (
+    CircuitBreaker,
+    after_fork,
+    all_breakers,
+    get_breaker,
+    set_default_redis_url,
+    unregister,
+)
+from .default_url import get_default_redis_url, set_pending_setup
 from .hooks import (
     CallListener,
     ErrorListener,
@@ -13,15 +21,9 @@ from .hooks import (
     set_transition_listener,
 )
 from .memory import MemoryBreakerStore
-from .redis_store import InvalidBreakerState, RedisBreakerStore
-from .registry import (
-    all_breakers,
-    get_breaker,
-    get_default_redis_url,
-    set_default_redis_url,
-    set_pending_setup,
-    unregister,
-)
+from .redis_hash import InvalidBreakerState
+from .redis_store import RedisBreakerStore
+from .scrape import states
 from .state import BreakerConfig, BreakerSnapshot
 
 __all__ = [

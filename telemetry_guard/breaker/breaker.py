@@ -1,9 +1,14 @@
-"""``CircuitBreaker``: wraps an outbound call; its state lives in Redis or in this process."""
+"""``CircuitBreaker``: wraps an outbound call; its state lives in Redis or in this process.
+
+Also this process's breakers: the latest built under each name (``get_breaker``), and every
+one alive, reset after ``fork()``.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -13,10 +18,10 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 from ..events import BreakerChange
 from ..exceptions import CircuitOpenError
+from .default_url import replace_default_redis_url
 from .hooks import emit_call, emit_transition
 from .memory import MemoryBreakerStore
-from .redis_store import RedisBreakerStore, read_states
-from .registry import get_breaker, register
+from .redis_store import RedisBreakerStore
 from .state import (
     FAILURE,
     IGNORED,
@@ -38,6 +43,9 @@ REJECTED = "rejected"
 #: Every breaker alive in this process, so a forked child can reset them all.
 _live: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 _fork_hook_installed = False
+_lock = threading.Lock()
+#: The breaker ``get_breaker`` returns for each name: the latest built under it.
+_breakers: dict[str, CircuitBreaker] = {}
 
 
 def after_fork() -> None:
@@ -264,30 +272,51 @@ class CircuitBreaker:
         return f"<CircuitBreaker {self.name!r} storage={self.storage!r}>"
 
 
-def states(breakers: Iterable[CircuitBreaker]) -> dict[str, str | None]:
-    """Each breaker's current state by name, for a scrape: one round trip per Redis in all.
-
-    Breakers kept in memory answer from this process; None marks a breaker whose stored
-    state is invalid (see ``InvalidBreakerState``). Never raises.
-    """
-    found: dict[str, str | None] = {}
-    shared: list[RedisBreakerStore] = []
-    for breaker in breakers:
-        store = breaker._store
-        if isinstance(store, RedisBreakerStore):
-            shared.append(store)
-        else:
-            try:
-                found[breaker.name] = store.snapshot().state
-            except Exception:
-                found[breaker.name] = None
-    found.update(read_states(shared))
-    return found
-
-
 def _rebuild(arguments: dict[str, Any]) -> CircuitBreaker:
     """Unpickle: the registered breaker of that name and configuration, or a new one."""
     existing = get_breaker(arguments["name"])
     if existing is not None and existing._arguments == arguments:
         return existing
     return CircuitBreaker(**arguments)
+
+
+# -- this process's breakers by name ------------------------------------------------------------
+
+
+def register(breaker: CircuitBreaker) -> None:
+    """Make ``breaker`` the one ``get_breaker(breaker.name)`` returns (the latest wins)."""
+    with _lock:
+        _breakers[breaker.name] = breaker
+
+
+def unregister(breaker: CircuitBreaker) -> bool:
+    """Forget ``breaker`` if it is the one registered under its name; True when it was.
+
+    Its state in Redis stays: a breaker built again under that name reads it.
+    """
+    with _lock:
+        if _breakers.get(breaker.name) is breaker:
+            del _breakers[breaker.name]
+            return True
+        return False
+
+
+def get_breaker(name: str) -> CircuitBreaker | None:
+    """The breaker last constructed with this name in this process, or None."""
+    return _breakers.get(name)
+
+
+def all_breakers() -> tuple[CircuitBreaker, ...]:
+    """Every registered breaker, sorted by name."""
+    with _lock:
+        return tuple(_breakers[name] for name in sorted(_breakers))
+
+
+def set_default_redis_url(url: str | None) -> None:
+    """Set the Redis URL of this process's TelemetryGuard, used by breakers without their own.
+
+    Breakers already connected through the previous default reconnect on their next call.
+    """
+    if replace_default_redis_url(url):
+        for breaker in all_breakers():
+            breaker._default_redis_url_changed()

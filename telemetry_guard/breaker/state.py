@@ -8,8 +8,8 @@
 
 Every transition increments ``generation``. An outcome counts only for the
 generation it was admitted in; a half-open success counts only while its permit
-(a lease that expires after ``permit_ttl``) is still held. The Lua script in
-``redis_store.py`` implements the same rules; times here are seconds on any
+(a lease that expires after ``permit_ttl``) is still held. The Lua script
+``stores/lua/breaker.lua`` implements the same rules; times here are seconds on any
 monotonic clock the caller passes as ``now``.
 """
 

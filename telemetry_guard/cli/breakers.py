@@ -40,7 +40,7 @@ import click
 import redis
 
 from ..breaker import CircuitBreaker, all_breakers, get_breaker
-from ..breaker.redis_store import FIELDS, stored_problems
+from ..breaker.redis_hash import FIELDS, stored_problems
 from ..breaker.state import CLOSED, FORCED_OPEN, MODES, NORMAL, OPEN
 from .context import EXIT_PROBLEMS, CliContext, UsageError
 from .output import emit, emit_one, printable

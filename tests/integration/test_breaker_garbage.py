@@ -19,12 +19,8 @@ from telemetry_guard.breaker import (
     CircuitOpenError,
     InvalidBreakerState,
 )
-from telemetry_guard.breaker.redis_store import (
-    CLOCK_SLACK_MS,
-    FIELDS,
-    RedisBreakerStore,
-    stored_problems,
-)
+from telemetry_guard.breaker.redis_hash import CLOCK_SLACK_MS, FIELDS, stored_problems
+from telemetry_guard.breaker.redis_store import RedisBreakerStore
 from telemetry_guard.breaker.state import FAILURE, SUCCESS, BreakerConfig
 from tests.breakers import Heard
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from telemetry_guard.breaker import CircuitBreaker, get_breaker, states
-from telemetry_guard.breaker.redis_store import KEY_TTL_MIN, key_ttl
+from telemetry_guard.breaker.redis_hash import KEY_TTL_MIN, key_ttl
 from telemetry_guard.breaker.state import BreakerConfig
 from telemetry_guard.http import HostBreakers
 from tests.breakers import CountingConnection

@@ -19,7 +19,8 @@ from celery import Celery
 from click.testing import CliRunner
 
 from telemetry_guard import CircuitBreaker
-from telemetry_guard.breaker import RedisBreakerStore, registry
+from telemetry_guard.breaker import RedisBreakerStore
+from telemetry_guard.breaker import breaker as registry
 from telemetry_guard.breaker.state import BreakerConfig
 from telemetry_guard.cli import celery_guard, main
 from tests.servers import free_port, stop_process, wait_for

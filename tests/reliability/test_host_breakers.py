@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from telemetry_guard import RetryPolicy, TelemetryGuard
 from telemetry_guard.breaker import all_breakers, unregister
 from telemetry_guard.breaker import breaker as breaker_module
-from telemetry_guard.breaker.redis_store import key_ttl
+from telemetry_guard.breaker.redis_hash import key_ttl
 from telemetry_guard.breaker.state import BreakerConfig
 from telemetry_guard.http import (
     MAX_HOST_BREAKERS,
