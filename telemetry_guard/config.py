@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .brokers import default_redelivery_horizon, redis_url_of
 from .budget import BudgetConfig
+from .channels import EMAIL, SENTRY
 from .policy import RetryPolicy
 from .redact import DEFAULT_REDACT_KEYS, parse_redact_keys
 
@@ -27,24 +29,12 @@ ENV_PREFIX = "TELEMETRY_GUARD_"
 DEFAULT_ROUTES: dict[str, tuple[str, ...]] = {
     "low": (),
     "medium": (),
-    "high": ("sentry",),
-    "critical": ("sentry", "email"),
+    "high": (SENTRY,),
+    "critical": (SENTRY, EMAIL),
 }
 
 #: ``telemetry_guard_sentry_fingerprint``: how Sentry groups the failures the guard reports.
 SENTRY_FINGERPRINTS = ("default", "task_exception")
-
-#: Seconds before an unacknowledged message is delivered again, per transport.
-DEFAULT_REDELIVERY_HORIZONS: dict[str, float] = {
-    "redis": 3600.0,
-    "rediss": 3600.0,
-    "sentinel": 3600.0,
-    "amqp": 1800.0,
-    "amqps": 1800.0,
-    "pyamqp": 1800.0,
-    "sqs": 1800.0,
-}
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -123,7 +113,7 @@ class Settings:
                 raw, source = value, f"app.conf.{key}"
             values[f.name] = _coerce(f.name, raw, source)
         if "redis_url" not in values:  # an explicit None (keyword, env "none") turns it off
-            values["redis_url"] = _redis_from_broker(conf.broker_url)
+            values["redis_url"] = redis_url_of(conf.broker_url)
         if values.get("redelivery_horizon") is None:
             values["redelivery_horizon"] = _redelivery_horizon(conf)
         return cls(**values)
@@ -252,18 +242,10 @@ def _import_class(dotted: str) -> type:
         raise ValueError(f"cannot import exception class {dotted!r}") from None
 
 
-def _redis_from_broker(broker_url: Any) -> str | None:
-    if isinstance(broker_url, str) and broker_url.split("://", 1)[0] in ("redis", "rediss"):
-        return broker_url.split(";", 1)[0]
-    return None
-
-
 def _redelivery_horizon(conf: Any) -> float | None:
     """The broker's redelivery horizon in seconds, when it has one."""
-    broker_url = conf.broker_url or ""
-    scheme = str(broker_url).split("://", 1)[0].split("+")[0]
     options = conf.get("broker_transport_options") or {}
     if "visibility_timeout" in options:
         return _coerce("redelivery_horizon", options["visibility_timeout"],
                        "app.conf.broker_transport_options['visibility_timeout']")  # type: ignore[no-any-return]
-    return DEFAULT_REDELIVERY_HORIZONS.get(scheme)
+    return default_redelivery_horizon(conf.broker_url)

@@ -22,6 +22,7 @@ from .celery_retry import (
     retried_exception,
     retry_delay,
 )
+from .channels import CHANNELS
 from .classify import DEFAULT_CLASSIFIER, Classifier, Severity
 from .config import Settings, check_budget_has_redis
 from .dispatch import Dispatcher
@@ -57,8 +58,6 @@ class _NullObserver:
 _NULL_OBSERVER = _NullObserver()
 
 
-#: The sinks that notify people; breaker trips go only to these.
-CHANNEL_SINKS = ("sentry", "email")
 
 
 class TelemetryGuard:
@@ -216,7 +215,7 @@ class TelemetryGuard:
         """Tell a breaker transition once; a trip to open is routed like a HIGH failure."""
         self.dispatcher.breaker_change(change)
         if change.to_state == "open":
-            self.dispatcher.failure_to(self.events.breaker_trip(change), CHANNEL_SINKS)
+            self.dispatcher.failure_to(self.events.breaker_trip(change), CHANNELS)  # people only
 
     def _build_sinks(self) -> list[Sink]:
         s = self.settings

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from .channels import CHANNELS
 from .classify import Severity
-
-CHANNELS = ("sentry", "email")
 
 
 class Router:

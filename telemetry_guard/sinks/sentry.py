@@ -50,6 +50,7 @@ from sentry_sdk.utils import (  # type: ignore[attr-defined]
     event_from_exception,
 )
 
+from ..channels import SENTRY
 from ..classify import Severity
 from ..events import FailureEvent
 from ..redact import Redactor
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 
 Level = Literal["fatal", "error", "warning", "info"]
 
-CHANNEL = "sentry"
+CHANNEL = SENTRY
 #: Sentry level of each severity (LOW and MEDIUM reach Sentry only through ``routes``).
 LEVELS: dict[Severity, Level] = {Severity.LOW: "info", Severity.MEDIUM: "warning",
                                  Severity.HIGH: "error", Severity.CRITICAL: "fatal"}
