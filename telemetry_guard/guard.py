@@ -223,7 +223,11 @@ class TelemetryGuard:
         if s.tracing:
             sinks.append(TracingSink())
         if SentrySink.wanted(s.sentry_dsn):
-            sinks.append(SentrySink(self))
+            sinks.append(SentrySink(
+                self.app, dsn=s.sentry_dsn, fingerprint=s.sentry_fingerprint,
+                redactor=self.redactor, metrics=self.metrics, log=self.log,
+                report_error=self.report_error, routing_of=self.routing_of,
+                observes=self.signals.observes))
         if s.email:
             sinks.append(EmailSink(self))
         if s.retry_budget is not None:

@@ -133,7 +133,7 @@ class _ProcessHooks:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.installed = False
-        #: The SentrySink of each guard, for integration events of plain tasks.
+        #: The SentrySink of each Celery app, for integration events of plain tasks.
         self.sinks: weakref.WeakKeyDictionary[Any, SentrySink] = weakref.WeakKeyDictionary()
         #: The client a SentrySink initialised (its ``before_send`` redacts), if any.
         self.owned_client: Any = None
@@ -221,17 +221,17 @@ def _report_for_running_task(exc: BaseException) -> Report | None:
     """The report of a plain task's failure the integration captures before Celery's
     ``task_failure`` signal tells the guard: decided here, the same way."""
     task = get_current_task()
-    guard = getattr(getattr(task, "app", None), "_telemetry_guard", None)
-    sink = _hooks.sinks.get(guard) if guard is not None else None
-    if sink is None or not guard.signals.observes(task):
+    app = getattr(task, "app", None)
+    sink = _hooks.sinks.get(app) if app is not None else None
+    if sink is None or not sink.observes(task):
         return None
     try:
-        severity, _, channels = guard.routing_of(task, exc)
+        severity, _, channels = sink.routing_of(task, exc)
         delivery_info = getattr(task.request, "delivery_info", None) or {}
         report = sink.report(task.name, severity, type(exc).__name__,
                              delivery_info.get("routing_key"), CHANNEL in channels)
     except Exception as error:
-        sink.guard.report_error(CHANNEL, error)
+        sink.report_error(CHANNEL, error)
         return None
     attach_report(exc, report)
     return report
@@ -281,26 +281,34 @@ class SentrySink(Sink):
 
     name = CHANNEL
 
-    def __init__(self, guard: Any) -> None:
-        self.guard = guard
-        self.redactor: Redactor = guard.redactor
+    def __init__(self, app: Any, *, dsn: str | None, fingerprint: str, redactor: Redactor,
+                 metrics: Any, log: Any, report_error: ErrorReporter,
+                 routing_of: Callable[[Any, BaseException], Any],
+                 observes: Callable[[Any], bool]) -> None:
+        """``routing_of(task, exc)`` and ``observes(task)`` decide for plain tasks' failures
+        that the integration captures before the guard hears of them."""
+        self.app = app
+        self.fingerprint = fingerprint
+        self.redactor = redactor
+        self.metrics = metrics
+        self.log = log
+        self.report_error = report_error
+        self.routing_of = routing_of
+        self.observes = observes
         self._client: Any = None
-        dsn = guard.settings.sentry_dsn
         app_client = _application_client()
         if dsn and app_client is None:
-            redactor, report_error = self.redactor, guard.report_error
-
             def before_send(event: Event, hint: Hint) -> Event | None:
                 return redacted(event, hint, redactor, report_error)
 
             sentry_sdk.init(dsn=dsn, before_send=before_send, **_NO_PII)
             self._client = _hooks.owned_client = sentry_sdk.get_client()
         elif dsn and str(getattr(app_client, "dsn", None) or "") != dsn:
-            guard.log.warning("sentry.dsn_ignored", channel=CHANNEL,
+            log.warning("sentry.dsn_ignored", channel=CHANNEL,
                               reason="sentry-sdk already initialised by the application")
         _hooks.redactor = self.redactor
-        _hooks.report_error = guard.report_error
-        _hooks.sinks[guard] = self
+        _hooks.report_error = report_error
+        _hooks.sinks[app] = self
         _hooks.install()
 
     @staticmethod
@@ -316,7 +324,7 @@ class SentrySink(Sink):
         if queue:
             tags["queue"] = queue
         return Report(tags=tags, level=LEVELS[severity], routed=routed, fingerprint=fingerprint_for(
-            self.guard.settings.sentry_fingerprint, task_name, exception_type))
+            self.fingerprint, task_name, exception_type))
 
     def on_failure(self, event: FailureEvent) -> None:
         routed = CHANNEL in event.channels
@@ -334,19 +342,19 @@ class SentrySink(Sink):
         fields = {"channel": CHANNEL, "task_name": event.task_name, "task_id": event.task_id,
                   "severity": severity}
         if report.event_id is not None:  # the integration's event stands for this failure
-            self.guard.metrics.notifications.labels(CHANNEL, severity, "sent").inc()
-            self.guard.log.info("notification.sent", event_id=report.event_id, **fields)
+            self.metrics.notifications.labels(CHANNEL, severity, "sent").inc()
+            self.log.info("notification.sent", event_id=report.event_id, **fields)
             return
         try:
             event_id = self._capture(event, report)
         except Exception as exc:
-            self.guard.metrics.notifications.labels(CHANNEL, severity, "failed").inc()
-            self.guard.log.warning("notification.failed", error=type(exc).__name__, **fields)
+            self.metrics.notifications.labels(CHANNEL, severity, "failed").inc()
+            self.log.warning("notification.failed", error=type(exc).__name__, **fields)
             raise
         report.sent = True
         outcome = "sent" if event_id else "throttled"
-        self.guard.metrics.notifications.labels(CHANNEL, severity, outcome).inc()
-        self.guard.log.info(f"notification.{outcome}", event_id=event_id, **fields)
+        self.metrics.notifications.labels(CHANNEL, severity, outcome).inc()
+        self.log.info(f"notification.{outcome}", event_id=event_id, **fields)
 
     @staticmethod
     def _breadcrumb(event: FailureEvent) -> None:
@@ -401,8 +409,8 @@ class SentrySink(Sink):
         """Flush; close the client this sink initialised and turn Sentry off if still current."""
         if _hooks.redactor is self.redactor:
             _hooks.redactor = _hooks.report_error = None
-        if _hooks.sinks.get(self.guard) is self:
-            del _hooks.sinks[self.guard]
+        if _hooks.sinks.get(self.app) is self:
+            del _hooks.sinks[self.app]
         client, self._client = self._client, None
         if client is None:
             sentry_sdk.flush()
