@@ -8,7 +8,6 @@ from typing import Any
 
 import structlog
 from billiard.exceptions import WorkerLostError
-from celery.exceptions import Ignore, Reject, Retry
 
 from . import breaker
 from .budget import BudgetLifecycle, RetryBudget
@@ -199,7 +198,6 @@ class TelemetryGuard:
 
     def _connect_breakers(self) -> None:
         """Breakers of this process report through this guard and share its Redis."""
-        breaker.CircuitBreaker.neutral = (Retry, Ignore, Reject)
         breaker.set_pending_setup(None)
         breaker.set_default_redis_url(self.settings.redis_url)
         breaker.set_transition_listener(self.on_breaker_change)

@@ -16,6 +16,8 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar
 
+from celery.exceptions import Ignore, Reject, Retry
+
 from ..events import BreakerChange
 from ..exceptions import CircuitOpenError
 from .default_url import replace_default_redis_url
@@ -88,9 +90,9 @@ class CircuitBreaker:
     ``on_redis_error`` chooses, with a log line and an error report.
     """
 
-    #: Exceptions that are control flow, not outcomes (GuardedTask adds Celery's
-    #: ``Retry``, ``Ignore`` and ``Reject``): a call ending in one is not counted.
-    neutral: tuple[type[BaseException], ...] = ()
+    #: Exceptions that are control flow, not outcomes (Celery's ``Retry``, ``Ignore`` and
+    #: ``Reject``, raised by a task inside a breaker): a call ending in one is not counted.
+    neutral: tuple[type[BaseException], ...] = (Retry, Ignore, Reject)
 
     def __init__(
         self,
