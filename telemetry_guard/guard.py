@@ -42,6 +42,7 @@ from .sinks.metrics import BreakerStateCollector, MetricsSink, get_metrics
 from .sinks.sentry import SentrySink
 from .sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink, current_ids
 from .task import GuardedTask
+from .task_guard import APP_ATTRIBUTE, guard_of
 
 #: How many recorded task ids a process remembers, to never report one failure twice.
 RECORDED_IDS = 4096
@@ -67,7 +68,7 @@ class TelemetryGuard:
     """
 
     def __init__(self, app: Any, **settings: Any) -> None:
-        previous: TelemetryGuard | None = getattr(app, "_telemetry_guard", None)
+        previous = guard_of(app)
         self.app = app
         #: Keyword settings, checked now; the rest is read when the app is configured.
         self._overrides = Settings.check_overrides(settings)
@@ -87,7 +88,7 @@ class TelemetryGuard:
             previous.close()
         self.signals = GuardSignals(self)
         self.signals.connect()
-        app._telemetry_guard = self
+        setattr(app, APP_ATTRIBUTE, self)
         uid = f"telemetry_guard:{id(self)}"
         app.on_after_configure.connect(self._on_app_configured, weak=False, dispatch_uid=uid)
         app.on_after_finalize.connect(self._on_app_finalized, weak=False, dispatch_uid=uid)
@@ -415,7 +416,7 @@ class TelemetryGuard:
         uid = f"telemetry_guard:{id(self)}"
         self.app.on_after_configure.disconnect(dispatch_uid=uid)
         self.app.on_after_finalize.disconnect(dispatch_uid=uid)
-        current = getattr(self.app, "_telemetry_guard", None) is self
+        current = guard_of(self.app) is self
         if current:
             breaker.set_pending_setup(None)
         if self.ready:
@@ -432,4 +433,4 @@ class TelemetryGuard:
                 self._celery_log_scrubber.uninstall()
             self.dispatcher.close()
         if current:
-            del self.app._telemetry_guard
+            delattr(self.app, APP_ATTRIBUTE)

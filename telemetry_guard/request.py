@@ -14,13 +14,15 @@ from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
 from celery.worker.request import Request
 
+from .task_guard import guard_of
+
 
 class GuardedRequest(Request):  # type: ignore[misc]
     """A Celery request whose lost-worker requeues are reported like retries."""
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True,
                    return_ok: bool = False) -> Any:
-        guard = getattr(self.task.app, "_telemetry_guard", None)
+        guard = guard_of(self.task.app)
         before = guard.times_recorded(self.id) if guard is not None else 0
         outcome = super().on_failure(exc_info, send_failed_event=send_failed_event,
                                      return_ok=return_ok)

@@ -27,7 +27,7 @@ from .exceptions import CircuitOpenError, UnpicklableTaskError
 from .pipeline import decide
 from .policy import RetryPolicy
 from .redact import exception_message
-from .task_guard import TaskGuard
+from .task_guard import TaskGuard, guard_of
 
 _PASS_THROUGH = (Retry, Ignore, Reject)
 
@@ -236,7 +236,7 @@ def transportable(exc: BaseException, traceback_text: str) -> BaseException:
 
 def _guard_of(task: Task) -> TaskGuard | None:
     """The app's guard; None (said once per task) when ``TelemetryGuard(app)`` was never made."""
-    guard = getattr(task.app, "_telemetry_guard", None)
+    guard = guard_of(task.app)
     if guard is None and task.name not in _UNGUARDED_WARNED:
         _UNGUARDED_WARNED.add(task.name)
         structlog.get_logger("telemetry_guard").warning(

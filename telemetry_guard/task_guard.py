@@ -12,6 +12,14 @@ from .events import FailureEvent
 from .pipeline import EventBuilder
 from .policy import RetryPolicy
 
+#: The attribute of a Celery app holding its guard (set and removed by TelemetryGuard only).
+APP_ATTRIBUTE = "_telemetry_guard"
+
+
+def guard_of(app: Any) -> SignalGuard | None:
+    """The guard of a Celery app, or None when ``TelemetryGuard(app)`` was never made."""
+    return getattr(app, APP_ATTRIBUTE, None)
+
 
 class TaskGuard(Protocol):
     """What ``GuardedTask`` uses while one of its runs fails, retries or waits."""
@@ -43,6 +51,7 @@ class SignalGuard(TaskGuard, Protocol):
     def setup(self) -> None: ...
     def report_error(self, sink: str, exc: BaseException | None) -> None: ...
     def attempt_recorded(self, task_id: str | None, attempt: int) -> bool: ...
+    def times_recorded(self, task_id: str | None) -> int: ...
     def record_outside_task(self, task: Any, exc: BaseException, *, args: Any, kwargs: Any,
                             request: Any, einfo: Any, decision: Any, reason: str,
                             delay: float | None = None,
