@@ -26,8 +26,6 @@ from .classify import Classifier, Severity
 from .config import Settings, check_budget_has_redis
 from .dispatch import Dispatcher
 from .events import BreakerChange, Decision, FailureEvent
-from .http import DEFAULT_NAME as HTTP_TASK_NAME
-from .http import resilient_request_task
 from .notify import NOTIFY_TASK_NAME, register_notify_task
 from .policy import RetryPolicy, cap_below_horizon
 from .redact import Redactor
@@ -44,6 +42,8 @@ from .task import GuardedTask, build_failure_event, failure_routing
 
 #: How many recorded task ids a process remembers, to never report one failure twice.
 RECORDED_IDS = 4096
+#: The name ``register_resilient_request`` gives the HTTP task unless told otherwise.
+HTTP_TASK_NAME = "telemetry_guard.resilient_request"
 #: A traceback may be this many times longer than any other value.
 TRACEBACK_SIZE_FACTOR = 4
 
@@ -182,7 +182,6 @@ class TelemetryGuard:
         lazy task creation and ``task_annotations`` stay as the user set them)."""
         if self.__dict__.get("_closed"):
             return
-        resilient_request_task(self.app)
         if self.ready and self.settings.email and not self.__dict__.get("_notify_registered"):
             register_notify_task(self)
             self._notify_registered = True
@@ -197,8 +196,11 @@ class TelemetryGuard:
 
     @property
     def resilient_request(self) -> Any:
-        """The built-in HTTP task (``telemetry_guard.resilient_request``) on this app."""
-        return self.app.tasks[HTTP_TASK_NAME]
+        """The HTTP task, once ``register_resilient_request(app)`` registered it (it is opt-in)."""
+        task = self.app.tasks.get(HTTP_TASK_NAME)
+        if task is None:
+            raise LookupError(f"{HTTP_TASK_NAME} is opt-in: call register_resilient_request(app)")
+        return task
 
     def _connect_breakers(self) -> None:
         """Breakers of this process report through this guard and share its Redis."""
