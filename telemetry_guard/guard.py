@@ -26,8 +26,6 @@ from .classify import DEFAULT_CLASSIFIER, Classifier, Severity
 from .config import Settings, check_budget_has_redis
 from .dispatch import Dispatcher
 from .events import BreakerChange, Decision, FailureEvent
-from .http import DEFAULT_NAME as HTTP_TASK_NAME
-from .http import resilient_request_task
 from .notify import NOTIFY_TASK_NAME, Notifier, register_notify_task
 from .pipeline import EventBuilder, Routing
 from .policy import RetryPolicy, cap_below_horizon
@@ -56,8 +54,6 @@ class _NullObserver:
 
 
 _NULL_OBSERVER = _NullObserver()
-
-
 
 
 class TelemetryGuard:
@@ -177,7 +173,6 @@ class TelemetryGuard:
         lazy task creation and ``task_annotations`` stay as the user set them)."""
         if self.__dict__.get("_closed"):
             return
-        resilient_request_task(self.app)
         if self.ready and self.settings.email and not self.__dict__.get("_notify_registered"):
             notifier = Notifier(self.settings, metrics=self.metrics, log=self.log,
                                 dead_letters_evicted=self.dead_letters_evicted)
@@ -194,8 +189,13 @@ class TelemetryGuard:
 
     @property
     def resilient_request(self) -> Any:
-        """The built-in HTTP task (``telemetry_guard.resilient_request``) on this app."""
-        return self.app.tasks[HTTP_TASK_NAME]
+        """The HTTP task, once ``register_resilient_request(app)`` registered it (it is opt-in)."""
+        from .http import DEFAULT_NAME as HTTP_TASK_NAME  # an extra: imported when asked for
+
+        task = self.app.tasks.get(HTTP_TASK_NAME)
+        if task is None:
+            raise LookupError(f"{HTTP_TASK_NAME} is opt-in: call register_resilient_request(app)")
+        return task
 
     def _connect_breakers(self) -> None:
         """Breakers of this process report through this guard and share its Redis."""

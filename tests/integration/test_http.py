@@ -330,6 +330,28 @@ def test_registering_again_updates_the_one_task_and_the_default_accessor_keeps_i
     assert celery_app.tasks["telemetry_guard.resilient_request"] is second
 
 
+def test_the_task_is_registered_only_when_asked_for(celery_app: Celery) -> None:
+    """A guard alone registers no HTTP task; register_resilient_request opts the app in."""
+    guard = TelemetryGuard(celery_app)
+    celery_app.finalize()
+    assert "telemetry_guard.resilient_request" not in celery_app.tasks
+    with pytest.raises(LookupError, match="register_resilient_request"):
+        guard.resilient_request  # noqa: B018
+    task = register_resilient_request(celery_app)
+    assert guard.resilient_request is task
+
+
+def test_the_shared_client_keeps_no_cookies_between_requests(
+        celery_app: Celery, guard: TelemetryGuard, server: ScriptedHTTPServer) -> None:
+    """A Set-Cookie answer is not sent back: one caller's cookies never reach another's call."""
+    task = register_resilient_request(celery_app, name="http.cookies", retry_policy=FAST)
+    server.script("/login", Reply(200, {"in": True}, headers={"Set-Cookie": "sid=s3cret; Path=/"}))
+    server.script("/next", Reply(200, {"n": 1}))
+    task.apply(args=("GET", server.url("/login"))).get()
+    task.apply(args=("GET", server.url("/next"))).get()
+    assert "Cookie" not in server.hits("/next")[0].headers
+
+
 def test_errors_carry_status_and_bare_url_and_survive_pickle_and_json() -> None:
     """Status errors rebuild from pickle and from their args (Celery's JSON result backend)."""
     errors: list[BaseException] = [
