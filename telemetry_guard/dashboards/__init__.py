@@ -1,0 +1,63 @@
+"""Grafana dashboards for the telemetry_guard metrics, generated from plain Python data.
+
+``python -m telemetry_guard.dashboards [--out DIR] [--check]`` writes (or, with
+``--check``, compares) one JSON file per dashboard, named ``<uid>.json``. The committed
+copies live in the repository's ``dashboards/`` folder, ready to import or provision.
+
+- :mod:`.grafana`: the Grafana JSON model (panels, variables, a dashboard); no metric names.
+- :mod:`.labels`: the task and breaker variables and selectors, colours of label values.
+- :mod:`.tasks`, :mod:`.breakers`, :mod:`.health`: the three dashboards. Every PromQL
+  expression of every panel is written in these three modules and nowhere else;
+  :func:`all_queries` lists them.
+- :mod:`.catalog`: the dashboards in order, :func:`all_queries`, :func:`substitute_variables`.
+- :mod:`.writer`: the files (:func:`render`, :func:`write`, :func:`stale`) and :func:`main`.
+"""
+
+from .breakers import breakers_dashboard
+from .catalog import VARIABLE_SUBSTITUTIONS, all_queries, dashboards, substitute_variables
+from .grafana import (
+    DATASOURCE,
+    SCHEMA_VERSION,
+    TAG,
+    Json,
+    Query,
+    bar_gauge,
+    dashboard,
+    datasource_variable,
+    label_variable,
+    stat,
+    state_timeline,
+    timeseries,
+)
+from .health import health_dashboard
+from .labels import breaker_variable, task_variable
+from .tasks import tasks_dashboard
+from .writer import main, render, stale, write
+
+__all__ = [
+    "DATASOURCE",
+    "SCHEMA_VERSION",
+    "TAG",
+    "VARIABLE_SUBSTITUTIONS",
+    "Json",
+    "Query",
+    "all_queries",
+    "bar_gauge",
+    "breaker_variable",
+    "breakers_dashboard",
+    "dashboard",
+    "dashboards",
+    "datasource_variable",
+    "health_dashboard",
+    "label_variable",
+    "main",
+    "render",
+    "stale",
+    "stat",
+    "state_timeline",
+    "substitute_variables",
+    "task_variable",
+    "tasks_dashboard",
+    "timeseries",
+    "write",
+]

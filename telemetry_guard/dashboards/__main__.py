@@ -1,0 +1,7 @@
+"""``python -m telemetry_guard.dashboards [--out DIR] [--check]``."""
+
+import sys
+
+from .writer import main
+
+sys.exit(main())
