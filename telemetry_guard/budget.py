@@ -25,37 +25,40 @@ hash) starts afresh like a new scope: garbage never raises and never blocks retr
 A retry (``withdraw``) takes one token from the reserve when it holds at least one, else one
 from the deposits; it is refused when both hold less than one. Every update sets an expiry of
 ``EXPIRE_TTLS * ttl`` on the key, so idle scopes vanish. The arithmetic is one Lua script
-(``SCRIPT``), one atomic call per decision on Redis server time; ``advance`` is the same
-arithmetic as a pure function, for tests.
+(``stores/lua/retry_budget.lua``), one atomic call per decision on Redis server time;
+``advance`` is the same arithmetic as a pure function, for tests.
 
 ``deposit`` runs at every task start, so it only increments a per-process counter under a
-lock (no I/O); a background thread writes the accumulated deposits of every scope every
-``flush_interval`` seconds in one pipelined round trip. ``withdraw`` makes one round trip and
-hands over this process's pending deposits for the scope in the same script call, so the
-deposit of the attempt that is asking to retry counts. The per-process state (lock, counters,
-thread, client) is rebuilt in a forked child. The budget fails open: while Redis cannot be
-used, ``withdraw`` answers True (asking Redis again after ``RETRY_REDIS_AFTER`` seconds),
-deposits that could not be written are dropped (an outage must not bank retries for later),
-and each failure is reported as ``("retry_budget", exc)``.
+lock (no I/O); a background writer (``stores.background``) writes the accumulated deposits
+of every scope every ``flush_interval`` seconds in one pipelined round trip. ``withdraw``
+makes one round trip and hands over this process's pending deposits for the scope in the
+same script call, so the deposit of the attempt that is asking to retry counts. The
+per-process state (lock, counters, thread, client) is rebuilt in a forked child. The budget
+fails open: while Redis cannot be used, ``withdraw`` answers True (asking Redis again
+after ``RETRY_REDIS_AFTER`` seconds), deposits that could not be written are dropped (an
+outage must not bank retries for later), and each failure is reported as
+``("retry_budget", exc)``.
 """
 
 from __future__ import annotations
 
-import atexit
 import math
-import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING
 
-import redis
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
-from redis.retry import Retry
 
 from .sinks.base import Sink
+from .stores.background import BackgroundWriter, Tally
+from .stores.redis_client import redis_client
+from .stores.scripts import bind
+
+if TYPE_CHECKING:
+    import redis
+    from redis.commands.core import Script
 
 ErrorReporter = Callable[[str, "BaseException | None"], None]
 
@@ -76,49 +79,8 @@ EXIT_FLUSH_TIMEOUT = 2.0
 #: Connect and read timeout of the budget's Redis client, in seconds.
 SOCKET_TIMEOUT = 1.0
 
-SCRIPT = """
-local key = KEYS[1]
-local ratio, min_rps, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local expire_ms = tonumber(ARGV[4])
-local deposits, wants = tonumber(ARGV[5]), ARGV[6] == '1'
-
-local t = redis.call('TIME')
-local now_text = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-local now = tonumber(now_text)
-
--- A bucket that is missing, not a hash, or holds anything but finite non-negative numbers
--- (nan, inf, text) starts afresh, as a new scope does.
-local f = redis.pcall('HMGET', key, 'tokens', 'reserve', 'ts')
-if f.err then
-  redis.call('DEL', key)
-  f = {}
-end
-local tokens, reserve, ts = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
-local function usable(x) return x ~= nil and x >= 0 and x < math.huge end
-if not (usable(tokens) and usable(reserve) and usable(ts)) then
-  tokens, reserve, ts = 0, min_rps, now
-end
-
-local elapsed = math.max(0, now - ts)
-tokens = tokens * math.exp(-elapsed / ttl) + deposits * ratio
-reserve = math.min(min_rps, reserve + elapsed * min_rps)
-
-local granted = 0
-if wants then
-  if reserve >= 1 then
-    reserve = reserve - 1
-    granted = 1
-  elseif tokens >= 1 then
-    tokens = tokens - 1
-    granted = 1
-  end
-end
-
-redis.call('HSET', key, 'tokens', string.format('%.17g', tokens),
-           'reserve', string.format('%.17g', reserve), 'ts', now_text)
-redis.call('PEXPIRE', key, expire_ms)
-return granted
-"""
+#: The script of the bucket's arithmetic, under ``stores/lua``.
+SCRIPT_NAME = "retry_budget"
 
 
 def _number(field: str, value: object, *, low: float, low_inclusive: bool,
@@ -216,8 +178,6 @@ def advance(state: BudgetState | None, config: BudgetConfig, now: float, *,
 class RetryBudget:
     """A scope's retries allowed only under ``ratio`` of its first attempts, fleet-wide."""
 
-    _atexit_registered = False
-
     def __init__(self, redis_url: str, config: BudgetConfig, *,
                  key_prefix: str = "telemetry_guard:", flush_interval: float = 0.25,
                  report_error: ErrorReporter | None = None) -> None:
@@ -229,47 +189,40 @@ class RetryBudget:
         self._args = (repr(config.ratio), repr(config.min_retries_per_second),
                       repr(config.ttl), str(max(1, round(EXPIRE_TTLS * config.ttl * 1000))))
         self._report_error = report_error or (lambda sink, exc: None)
-        self._start_process()
-
-    def _start_process(self) -> None:
-        """(Re)create the per-process state: lock, counters, thread, client; after fork too."""
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        #: Deposits not yet written, per scope; guarded by ``_lock``.
-        self._pending: dict[str, int] = {}
-        self._cond = threading.Condition(threading.Lock())
-        self._in_flight = False
-        self._flushers = 0
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self._redis: tuple[redis.Redis, Any] | None = None
+        self._bound: tuple[redis.Redis, Script] | None = None
         #: Monotonic time before which ``withdraw`` does not ask Redis; 0.0 while Redis works.
         self._down_until = 0.0
+        #: Deposits not yet written, per scope (a per-process tally, dropped when Redis fails).
+        self._writer = BackgroundWriter(
+            "telemetry_guard-retry-budget", self._write, Tally, linger=flush_interval,
+            backoff=flush_interval, max_backoff=MAX_BACKOFF, on_error=self._failed,
+            exit_flush=EXIT_FLUSH_TIMEOUT)
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        """This process's writer thread, once a deposit started it."""
+        return self._writer.thread
+
+    @property
+    def _lock(self) -> threading.Lock:
+        """The lock around this process's pending deposits."""
+        return self._writer.lock
 
     # -- the task's side -------------------------------------------------------------------
 
     def deposit(self, scope: str) -> None:
         """Count one first attempt of ``scope``: a counter increment, written later."""
-        if self._pid != os.getpid():
-            self._start_process()
-        with self._lock:
-            pending = self._pending
-            first = not pending
-            pending[scope] = pending.get(scope, 0) + 1
-        if first:
-            self._wake()
+        self._writer.add(scope)
 
     def withdraw(self, scope: str) -> bool:
         """May one retry of ``scope`` happen now? One script call; True while Redis is down."""
-        if self._pid != os.getpid():
-            self._start_process()
         if self._down_until:
             if monotonic() < self._down_until:
                 return True
-        with self._lock:
-            deposits = self._pending.pop(scope, 0)
+        with self._writer.locked() as pending:
+            deposits = pending.pop(scope)
         try:
-            script = (self._redis or self._connect())[1]
+            script = self._connection()[1]
             granted = script(keys=(self._key_base + scope,), args=(*self._args, deposits, 1))
         except Exception as exc:
             self._failed(exc)
@@ -278,68 +231,11 @@ class RetryBudget:
         self._down_until = 0.0
         return bool(granted == 1)
 
-    # -- the background writer -------------------------------------------------------------
-
-    def _wake(self) -> None:
-        """Tell the writer there is something to write; start it on first use."""
-        if self._thread is None:
-            with self._cond:
-                if self._thread is None:
-                    thread = threading.Thread(
-                        target=self._run, name="telemetry_guard-retry-budget", daemon=True)
-                    try:
-                        thread.start()
-                    except RuntimeError as exc:  # e.g. at interpreter shutdown
-                        self._failed(exc)
-                        return
-                    self._thread = thread
-            if not self._atexit_registered:
-                self._atexit_registered = True
-                atexit.register(self.flush, EXIT_FLUSH_TIMEOUT)
-            return
-        with self._cond:
-            self._cond.notify()
-
-    def _run(self) -> None:
-        backoff = self.flush_interval
-        while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                self._wait(self.flush_interval)  # let deposits accumulate into one batch
-                with self._lock:
-                    batch, self._pending = self._pending, {}
-                if not batch:
-                    if self._closed:
-                        return
-                    continue
-                self._in_flight = True
-            try:
-                self._write(batch)
-                backoff = self.flush_interval
-                failed = False
-            except Exception as exc:  # Redis unusable: drop the batch, wait, try later
-                self._failed(exc)
-                failed = True
-            with self._cond:
-                self._in_flight = False
-                self._cond.notify_all()
-                if failed:
-                    self._wait(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
-
-    def _wait(self, seconds: float) -> None:
-        """Wait (holding ``_cond``) for ``seconds``, or less when flushed or closed."""
-        deadline = monotonic() + seconds
-        while not (self._closed or self._flushers):
-            remaining = deadline - monotonic()
-            if remaining <= 0:
-                return
-            self._cond.wait(remaining)
+    # -- Redis -----------------------------------------------------------------------------
 
     def _write(self, batch: dict[str, int]) -> None:
         """All scopes' deposits in one pipelined round trip (no withdrawal)."""
-        client, script = self._redis or self._connect()
+        client, script = self._connection()
         for _ in range(2):
             pipe = client.pipeline(transaction=False)
             for scope, deposits in batch.items():
@@ -348,19 +244,19 @@ class RetryBudget:
                 pipe.execute()
                 return
             except NoScriptError:  # a restarted or flushed server: load the script, once
-                script.sha = client.script_load(SCRIPT)
+                script.sha = client.script_load(script.script)
         raise NoScriptError("retry budget script still unknown after SCRIPT LOAD")
 
-    def _connect(self) -> tuple[redis.Redis, Any]:
-        client = redis.Redis.from_url(
-            self.redis_url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT,
-            retry=Retry(NoBackoff(), 1, (redis.ConnectionError,)))
-        entry = self._redis = (client, client.register_script(SCRIPT))
-        return entry
+    def _connection(self) -> tuple[redis.Redis, Script]:
+        """This process's shared client and the script bound to it."""
+        client = redis_client(self.redis_url, timeout=SOCKET_TIMEOUT, retries=1)
+        bound = self._bound
+        if bound is None or bound[0] is not client:
+            bound = self._bound = (client, bind(client, SCRIPT_NAME))
+        return bound
 
     def _failed(self, exc: BaseException) -> None:
-        """Redis could not be used: forget the client and report, never raising."""
-        self._redis = None
+        """Redis could not be used: report, never raising."""
         try:
             self._report_error(SINK, exc)
         except Exception:
@@ -370,39 +266,16 @@ class RetryBudget:
 
     def flush(self, timeout: float = 5.0) -> None:
         """Write this process's pending deposits now; wait at most ``timeout`` seconds."""
-        if self._pid != os.getpid():
-            self._start_process()
-            return
-        deadline = monotonic() + timeout
-        with self._cond:
-            self._flushers += 1
-            self._cond.notify_all()
-            try:
-                while (self._pending or self._in_flight) and self._thread is not None \
-                        and self._thread.is_alive():
-                    remaining = deadline - monotonic()
-                    if remaining <= 0:
-                        return
-                    self._cond.wait(remaining)
-            finally:
-                self._flushers -= 1
+        self._writer.flush(timeout)
 
     def after_fork(self) -> None:
-        """Start afresh in a forked child: new lock, counters, thread and client."""
-        self._start_process()
+        """Start afresh in a forked child: new lock, counters and writer thread."""
+        self._writer.reset()
+        self._down_until = 0.0
 
     def close(self) -> None:
-        """Write the pending deposits, stop the writer and drop the client."""
-        self.flush()
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        entry, self._redis = self._redis, None
-        if entry is not None:
-            try:
-                entry[0].close()
-            except Exception:
-                pass
+        """Write the pending deposits and stop the writer (the shared client stays open)."""
+        self._writer.close()
 
 
 class BudgetLifecycle(Sink):

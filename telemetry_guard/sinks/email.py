@@ -19,16 +19,14 @@ Message priority is chosen per broker transport (see :func:`notification_priorit
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
-import os
-import threading
 import time
 from typing import Any
 
 from kombu.entity import Exchange, Queue
 
 from ..events import FailureEvent
+from ..stores.background import BackgroundWriter, ItemQueue
 from .base import Sink
 
 CHANNEL = "email"
@@ -98,6 +96,7 @@ def build_payload(event: FailureEvent) -> dict[str, Any]:
 
 #: Notifications held in memory while the broker refuses them; more are counted and dropped.
 MAX_PENDING = 1000
+#: Seconds before held notifications are sent again; after a failure the wait doubles.
 RESEND_FIRST_DELAY = 1.0
 RESEND_MAX_DELAY = 30.0
 
@@ -114,6 +113,11 @@ class EmailSink(Sink):
         self.broker_url = conf.broker_write_url or conf.broker_url
         self.priority = notification_priority(self.broker_url)
         self._queue: str | Queue | None = None
+        #: Notifications the broker refused, sent again off the task's thread.
+        self._held = BackgroundWriter(
+            "telemetry_guard-email-resend", self._resend, lambda: ItemQueue(MAX_PENDING),
+            linger=RESEND_FIRST_DELAY, backoff=RESEND_FIRST_DELAY, max_backoff=RESEND_MAX_DELAY,
+            on_dropped=lambda: self.guard.report_error("email_overflow", None))
 
     @property
     def task(self) -> Any:
@@ -138,7 +142,7 @@ class EmailSink(Sink):
             self._publish(payload)
         except Exception:
             # The broker is down: keep the notification and send it when it is back.
-            self._hold(payload)
+            self._held.add(payload)
             raise
 
     def _publish(self, payload: dict[str, Any]) -> None:
@@ -146,43 +150,14 @@ class EmailSink(Sink):
             args=(payload,), queue=self._destination(), priority=self.priority,
             retry=True, retry_policy=PUBLISH_RETRY_POLICY)
 
-    # -- notifications the broker refused, re-sent by a background thread -------------------
-    def _hold(self, payload: dict[str, Any]) -> None:
-        if getattr(self, "_pid", None) != os.getpid():
-            self._pending: collections.deque[dict[str, Any]] = collections.deque()
-            self._wake = threading.Event()
-            self._resender: threading.Thread | None = None
-            self._pid = os.getpid()
-        if len(self._pending) >= MAX_PENDING:
-            self.guard.report_error("email_overflow", None)
-            return
-        self._pending.append(payload)
-        if self._resender is None:
-            self._resender = threading.Thread(
-                target=self._resend, name="telemetry_guard-email-resend", daemon=True)
-            self._resender.start()
-
-    def _resend(self) -> None:
-        delay = RESEND_FIRST_DELAY
-        while True:
-            self._wake.wait(delay)
-            self._wake.clear()
-            while self._pending:
-                try:
-                    self._publish(self._pending[0])
-                except Exception:
-                    delay = min(delay * 2, RESEND_MAX_DELAY)
-                    break
-                self._pending.popleft()
-                delay = RESEND_FIRST_DELAY
-                self.guard.log.info("notification.resent", channel=CHANNEL,
-                                    pending=len(self._pending))
+    def _resend(self, batch: list[dict[str, Any]]) -> None:
+        """Publish held notifications oldest first; those left when the broker refuses stay."""
+        while batch:
+            self._publish(batch[0])
+            del batch[0]
+            self.guard.log.info("notification.resent", channel=CHANNEL,
+                                pending=len(batch) + self._held.buffered)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Try once more to hand held notifications to the broker."""
-        pending = getattr(self, "_pending", None)
-        if pending and getattr(self, "_pid", None) == os.getpid():
-            self._wake.set()
-            deadline = time.monotonic() + timeout
-            while pending and time.monotonic() < deadline:
-                time.sleep(0.05)
+        self._held.flush(timeout)

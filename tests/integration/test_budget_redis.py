@@ -17,13 +17,16 @@ from hypothesis import strategies as st
 
 from telemetry_guard.budget import (
     EXPIRE_TTLS,
-    SCRIPT,
+    SCRIPT_NAME,
     BudgetConfig,
     BudgetState,
     RetryBudget,
     advance,
 )
+from telemetry_guard.stores.scripts import lua
 from tests.servers import free_port, start_redis, wait_for
+
+SCRIPT = lua(SCRIPT_NAME)
 
 FORK = multiprocessing.get_context("fork")
 WORKERS = 4
