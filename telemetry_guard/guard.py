@@ -228,7 +228,9 @@ class TelemetryGuard:
                 report_error=self.report_error, routing_of=self.routing_of,
                 observes=self.signals.observes))
         if s.email:
-            sinks.append(EmailSink(self))
+            sinks.append(EmailSink(self.app, queue=s.notification_queue,
+                                   task_name=NOTIFY_TASK_NAME, log=self.log,
+                                   report_error=self.report_error))
         if s.retry_budget is not None:
             self.retry_budget = RetryBudget(s.redis_url, s.retry_budget, key_prefix=s.key_prefix,
                                             report_error=self.report_error)

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kombu.entity import Exchange, Queue
 
+from ..channels import EMAIL
 from ..events import FailureEvent
 from ..stores.background import BackgroundWriter, ItemQueue
 from .base import Sink
 
-CHANNEL = "email"
+CHANNEL = EMAIL
 #: Highest priority on kombu's Redis transport (lower numbers are served first).
 REDIS_PRIORITY = 0
 #: Priority of notifications on RabbitMQ (higher numbers are served first).
@@ -104,12 +106,17 @@ RESEND_MAX_DELAY = 30.0
 class EmailSink(Sink):
     """Enqueues ``telemetry_guard.notify`` on the priority notification queue."""
 
-    name = "email"
+    name = EMAIL
 
-    def __init__(self, guard: Any) -> None:
-        self.guard = guard
-        self.queue_name: str = guard.settings.notification_queue
-        conf = guard.app.conf
+    def __init__(self, app: Any, *, queue: str, task_name: str, log: Any,
+                 report_error: Callable[[str, BaseException | None], None]) -> None:
+        """Sends ``app.tasks[task_name]`` to ``queue`` (at the broker's highest priority)."""
+        self.app = app
+        self.queue_name = queue
+        self.task_name = task_name
+        self.log = log
+        self.report_error = report_error
+        conf = app.conf
         self.broker_url = conf.broker_write_url or conf.broker_url
         self.priority = notification_priority(self.broker_url)
         self._queue: str | Queue | None = None
@@ -117,19 +124,19 @@ class EmailSink(Sink):
         self._held = BackgroundWriter(
             "telemetry_guard-email-resend", self._resend, lambda: ItemQueue(MAX_PENDING),
             linger=RESEND_FIRST_DELAY, backoff=RESEND_FIRST_DELAY, max_backoff=RESEND_MAX_DELAY,
-            on_dropped=lambda: self.guard.report_error("email_overflow", None))
+            on_dropped=lambda: self.report_error("email_overflow", None))
 
     @property
     def task(self) -> Any:
-        """``telemetry_guard.notify`` on the guard's app (registered when the app finalizes)."""
-        return self.guard.notify_task
+        """``telemetry_guard.notify`` on the app (registered when the app finalizes)."""
+        return self.app.tasks[self.task_name]
 
     def _destination(self) -> str | Queue:
         """The queue name, or on RabbitMQ a priority queue unless the app declares its own."""
         if self._queue is None:
             queue: str | Queue = self.queue_name
             if (broker_scheme(self.broker_url) in AMQP_SCHEMES
-                    and self.queue_name not in self.guard.app.amqp.queues):
+                    and self.queue_name not in self.app.amqp.queues):
                 queue = notification_queue(self.queue_name, self.broker_url)
             self._queue = queue
         return self._queue
@@ -155,7 +162,7 @@ class EmailSink(Sink):
         while batch:
             self._publish(batch[0])
             del batch[0]
-            self.guard.log.info("notification.resent", channel=CHANNEL,
+            self.log.info("notification.resent", channel=CHANNEL,
                                 pending=len(batch) + self._held.buffered)
 
     def flush(self, timeout: float = 5.0) -> None:
