@@ -41,7 +41,8 @@ from click.testing import CliRunner  # noqa: E402
 from benchmarks._redis import start_redis  # noqa: E402
 from telemetry_guard.classify import Severity  # noqa: E402
 from telemetry_guard.cli import main  # noqa: E402
-from telemetry_guard.cli.streams import GuardStreams, RecordFilter, Window  # noqa: E402
+from telemetry_guard.cli.stream_query import RecordFilter, Window  # noqa: E402
+from telemetry_guard.cli.streams import GuardStreams  # noqa: E402
 from telemetry_guard.events import FailureEvent  # noqa: E402
 from telemetry_guard.redact import Redactor  # noqa: E402
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from kombu.utils.json import dumps as kombu_dumps
 
 from telemetry_guard.cli import main
-from telemetry_guard.cli.dead import Replay, dead_row
-from telemetry_guard.cli.streams import (
+from telemetry_guard.cli.replay import Replay, dead_row
+from telemetry_guard.cli.stream_query import (
     MAX_SEQ,
     SEVERITIES,
     Entry,
@@ -26,13 +26,13 @@ from telemetry_guard.cli.streams import (
     error_row,
     iso,
     line_for,
-    mask_url,
     next_id,
     parse_duration,
     parse_when,
     previous_id,
     severities_from,
 )
+from telemetry_guard.stores.redis_client import mask_url
 
 NOW = 1_714_567_890.0
 
@@ -275,8 +275,8 @@ def test_line_for_cuts_long_cells() -> None:
 
 def test_mask_url_hides_the_password() -> None:
     """Redis URLs in error messages never show a password."""
-    assert mask_url("redis://:s3cret@host:6380/0") == "redis://:***@host:6380/0"
-    assert mask_url("redis://user:s3cret@host/1") == "redis://user:***@host/1"
+    assert mask_url("redis://:s3cret@host:6380/0") == "redis://***@host:6380/0"
+    assert mask_url("redis://user:s3cret@host/1") == "redis://***@host/1"
     assert mask_url("redis://host:6379/0") == "redis://host:6379/0"
 
 

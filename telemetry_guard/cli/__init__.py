@@ -1,7 +1,8 @@
 """The operator's command line: ``telemetry-guard -A proj ...`` and ``celery -A proj guard ...``.
 
 One click group, installed twice. Sub-commands live one per module and are
-added here; each takes the Celery app from the group's context.
+added here; each takes the Celery app from the group's context. A sub-command's module
+is imported only when that command runs: ``--help`` lists them from :data:`SUBCOMMANDS`.
 """
 
 from __future__ import annotations
@@ -14,18 +15,25 @@ import click
 from .context import CliContext, load_app
 from .output import printable
 
-#: Sub-command modules and the click command each exports.
+#: Sub-commands: the click command each module exports, and the first line of its help.
 SUBCOMMANDS = {
-    "errors": "telemetry_guard.cli.errors:errors",
-    "dead": "telemetry_guard.cli.dead:dead",
-    "breakers": "telemetry_guard.cli.breakers:breakers",
-    "check": "telemetry_guard.cli.check:check",
-    "demo": "telemetry_guard.cli.demo:demo",
+    "errors": ("telemetry_guard.cli.errors:errors",
+               "Search, show, follow and count the error log."),
+    "dead": ("telemetry_guard.cli.dead:dead",
+             "List, show, replay and purge dead letters (given-up tasks)."),
+    "breakers": ("telemetry_guard.cli.breakers:breakers",
+                 "Circuit breakers: state, mode, counters, time until half-open; open, close, "
+                 "reset."),
+    "check": ("telemetry_guard.cli.check:check",
+              "Check the set-up: broker, Redis, metrics dir, SMTP, Sentry, notification "
+              "consumers, clocks."),
+    "demo": ("telemetry_guard.cli.demo:demo",
+             "Run healthy, flaky and failing tasks, a downstream outage and a CRITICAL e-mail."),
 }
 
 
 class _LazyGroup(click.Group):
-    """Imports a sub-command's module only when it is run or listed."""
+    """Imports a sub-command's module only when that command runs."""
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the sub-command; an error's text reaches the terminal printable only."""
@@ -38,11 +46,18 @@ class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(SUBCOMMANDS)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands' list, as click writes it, without importing their modules."""
+        limit = formatter.width - 6 - max(len(name) for name in SUBCOMMANDS)
+        rows = [(name, click.Command(name, help=SUBCOMMANDS[name][1]).get_short_help_str(limit))
+                for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        target = SUBCOMMANDS.get(name)
-        if target is None:
+        if name not in SUBCOMMANDS:
             return None
-        module, _, attr = target.partition(":")
+        module, _, attr = SUBCOMMANDS[name][0].partition(":")
         try:
             return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
         except (ImportError, AttributeError):

@@ -31,10 +31,8 @@ re-reads it at least every second after ``close``/``reset``.
 from __future__ import annotations
 
 import datetime as dt
-import re
-import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 import redis
@@ -42,18 +40,18 @@ import redis
 from ..breaker import CircuitBreaker, all_breakers, get_breaker
 from ..breaker.redis_hash import FIELDS, stored_problems
 from ..breaker.state import CLOSED, FORCED_OPEN, MODES, NORMAL, OPEN
-from .context import EXIT_PROBLEMS, CliContext, UsageError
+from ..stores.redis_client import mask_url, new_redis_client
+from .context import EXIT_PROBLEMS, UsageError, cli_context, json_option, route_logs_to_stderr
 from .output import emit, emit_one, printable
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    from ..config import Settings
 
 #: Seconds the CLI's own Redis client waits to connect and for each reply.
 REDIS_TIMEOUT = 3.0
 #: Columns of the ``list`` table.
 COLUMNS = ("breaker", "state", "mode", "failures", "failure_rate", "retry_after", "permits",
            "generation", "source")
-#: A password given as a URL parameter (``redis://host/0?password=...``).
-_PASSWORD_PARAM = re.compile(r"([?&;]password=)[^&;#]*", re.IGNORECASE)
 #: Keys per SCAN step.
 SCAN_COUNT = 500
 #: State shown for a breaker whose stored hash holds values no breaker writes.
@@ -74,71 +72,11 @@ class RedisUnavailable(click.ClickException):
     exit_code = EXIT_PROBLEMS
 
 
-# -- context and options ---------------------------------------------------------------------
-
-def cli_context(ctx: click.Context) -> CliContext:
-    """The group's CliContext (a default one when a command runs on its own)."""
-    return ctx.ensure_object(CliContext)
-
-
-def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    if value:
-        cli_context(ctx).as_json = True
-
-
-def json_option(fn: F) -> F:
-    """``--json`` on a sub-command, the same as the group's ``--json``."""
-    return click.option("--json", "as_json", is_flag=True, expose_value=False,
-                        callback=_set_json, help="JSON lines instead of a table.")(fn)
-
-
 def load_guard(ctx: click.Context) -> Any:
-    """The app's TelemetryGuard; an app module that fails to import is a one-line usage error."""
-    obj = cli_context(ctx)
-    try:
-        guard = obj.guard()
-    except click.ClickException:
-        raise
-    except Exception as exc:
-        where = obj.app_path or "the app"
-        raise UsageError(f"cannot load {where}: {type(exc).__name__}: {exc}") from None
+    """The app's TelemetryGuard, which wires the breakers; logs go to stderr from here on."""
+    guard = cli_context(ctx).guard()
     route_logs_to_stderr()
     return guard
-
-
-class _Stderr:
-    """Whatever ``sys.stderr`` is at the time of writing (test runners swap it)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-def route_logs_to_stderr() -> None:
-    """Keep stdout for results: send structlog's output to stderr, unless the app set it up."""
-    import structlog
-
-    if structlog.is_configured():
-        return
-    from ..sinks.logging import configure_logging
-
-    configure_logging(_Stderr())  # type: ignore[arg-type]
-
-
-def mask_url(url: str | None) -> str | None:
-    """``url`` with its user information and any ``password=`` parameter replaced by ``***``."""
-    if not url:
-        return url
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    tail = _PASSWORD_PARAM.sub(r"\1***", tail)
-    return f"{scheme}://{netloc}{slash}{tail}"
 
 
 # -- finding breakers ------------------------------------------------------------------------
@@ -146,10 +84,10 @@ def mask_url(url: str | None) -> str | None:
 class BreakerIndex:
     """The breakers the app defines and those found in the shared Redis."""
 
-    def __init__(self, guard: Any) -> None:
-        self.settings = guard.settings
-        self.redis_url: str | None = guard.settings.redis_url
-        self.key_prefix: str = guard.settings.key_prefix
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis_url: str | None = settings.redis_url
+        self.key_prefix: str = settings.key_prefix
         self._client: redis.Redis | None = None
         #: URLs found unreachable, with the error, so each is tried once.
         self._down: dict[str, str] = {}
@@ -164,8 +102,7 @@ class BreakerIndex:
             return self._client
         if url in self._down:
             raise RedisUnavailable(self._down[url])
-        client = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT,
-                                      socket_connect_timeout=REDIS_TIMEOUT)
+        client = new_redis_client(url, timeout=REDIS_TIMEOUT)
         try:
             client.ping()
         except redis.RedisError as exc:
@@ -378,7 +315,7 @@ def breakers(ctx: click.Context) -> None:
 @click.pass_context
 def list_breakers(ctx: click.Context) -> None:
     """Every breaker the app defines or Redis holds, with its shared state."""
-    index = BreakerIndex(load_guard(ctx))
+    index = BreakerIndex(load_guard(ctx).settings)
     rows = list(_rows(index))
     emit(rows, COLUMNS, as_json=cli_context(ctx).as_json)
     _exit_on_errors(ctx, rows)
@@ -390,7 +327,7 @@ def list_breakers(ctx: click.Context) -> None:
 @click.pass_context
 def show(ctx: click.Context, name: str) -> None:
     """One breaker in full; retry_after is the seconds until it admits a call again."""
-    index = BreakerIndex(load_guard(ctx))
+    index = BreakerIndex(load_guard(ctx).settings)
     breaker, source = index.find(name)
     row = describe(index, breaker, source)
     emit_one(row, as_json=cli_context(ctx).as_json)
@@ -410,7 +347,7 @@ def _command(ctx: click.Context, name: str, action: str,
              change: Callable[[CircuitBreaker], None],
              expect: Callable[[str | None, str | None], bool]) -> None:
     guard = load_guard(ctx)
-    index = BreakerIndex(guard)
+    index = BreakerIndex(guard.settings)
     breaker, source = index.find(name)
     if breaker.storage != "redis":
         raise UsageError(f"breaker {name!r} keeps its state in each process "
@@ -499,4 +436,4 @@ def set_mode(ctx: click.Context, name: str, mode: str) -> None:
              lambda state, stored_mode: (stored_mode or NORMAL) == mode)
 
 
-__all__ = ["breakers", "json_option", "load_guard", "mask_url", "route_logs_to_stderr"]
+__all__ = ["breakers", "load_guard"]

@@ -39,8 +39,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import click
 
-from .breakers import cli_context, json_option, mask_url
-from .context import EXIT_PROBLEMS, UsageError
+from ..stores.redis_client import mask_url, new_redis_client
+from .context import EXIT_PROBLEMS, cli_context, describe, json_option, settings_of
 from .output import printable
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -98,7 +98,7 @@ class Doctor:
             try:
                 findings.append(check())
             except Exception as exc:  # a probe we did not foresee failing
-                findings.append(Finding(FAIL, name, f"check crashed: {_describe(exc)}",
+                findings.append(Finding(FAIL, name, f"check crashed: {describe(exc)}",
                                         "report this as a telemetry_guard bug"))
         return findings
 
@@ -115,7 +115,7 @@ class Doctor:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2,
                                    interval_max=0.2, timeout=PROBE_TIMEOUT)
         except Exception as exc:
-            return Finding(FAIL, "broker", f"{shown} unreachable: {_describe(exc)}",
+            return Finding(FAIL, "broker", f"{shown} unreachable: {describe(exc)}",
                            "start the broker, or fix broker_url (CELERY_BROKER_URL)")
         finally:
             conn.release()
@@ -123,20 +123,17 @@ class Doctor:
         return Finding(OK, "broker", f"{shown} reachable")
 
     def redis(self) -> Finding:
-        import redis
-
         url = self.settings.redis_url
         if not url:
             return Finding(WARN, "redis", "no Redis configured: no error log, no dead letters, "
                            "breakers and throttles kept per process",
                            "set telemetry_guard_redis_url (TELEMETRY_GUARD_REDIS_URL)")
         shown = mask_url(url)
-        client = redis.Redis.from_url(url, socket_timeout=PROBE_TIMEOUT,
-                                      socket_connect_timeout=PROBE_TIMEOUT)
+        client = new_redis_client(url, timeout=PROBE_TIMEOUT)
         try:
             info = client.info("server")
         except Exception as exc:
-            return Finding(FAIL, "redis", f"{shown} unreachable: {_describe(exc)}",
+            return Finding(FAIL, "redis", f"{shown} unreachable: {describe(exc)}",
                            "start Redis there, or point telemetry_guard_redis_url "
                            "(TELEMETRY_GUARD_REDIS_URL) at a running one")
         finally:
@@ -176,7 +173,7 @@ class Doctor:
                 pass
         except OSError as exc:
             return Finding(FAIL, "metrics dir", f"{MULTIPROC_ENV}={path} is not writable: "
-                           f"{_describe(exc)}", "make it writable by the worker's user")
+                           f"{describe(exc)}", "make it writable by the worker's user")
         return Finding(OK, "metrics dir", f"{MULTIPROC_ENV}={path} writable (pool prefork)")
 
     # -- notification channels ---------------------------------------------------------
@@ -219,7 +216,7 @@ class Doctor:
                     smtp.login(config.user, config.password or "")
                     done.append(step)
         except Exception as exc:
-            return Finding(FAIL, "smtp", f"{where}: {step} failed: {_describe(exc)}",
+            return Finding(FAIL, "smtp", f"{where}: {step} failed: {describe(exc)}",
                            "check host, port, ssl/starttls, user and password in "
                            "telemetry_guard_email, and that the server is up")
         return Finding(OK, "smtp", f"{where}: {', '.join(done)} ok (no mail sent)")
@@ -234,7 +231,7 @@ class Doctor:
         try:
             parsed = Dsn(dsn)
         except Exception as exc:
-            return Finding(FAIL, "sentry", f"DSN does not parse: {_describe(exc)}",
+            return Finding(FAIL, "sentry", f"DSN does not parse: {describe(exc)}",
                            "copy the DSN from Sentry's project settings (Client Keys) into "
                            "telemetry_guard_sentry_dsn (TELEMETRY_GUARD_SENTRY_DSN)")
         return Finding(OK, "sentry", f"DSN parses: {parsed.scheme}://***@{parsed.host}"
@@ -344,11 +341,6 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def secrets_of(app: Any, settings: Any) -> list[str]:
     """Every password the settings hold, as they could appear in a line of output."""
     found: list[str] = []
@@ -382,15 +374,6 @@ def scrub(text: str | None, secrets: Iterable[str]) -> str | None:
     return text
 
 
-def _settings_of(app: Any) -> Any:
-    guard = getattr(app, "_telemetry_guard", None)
-    if guard is not None:
-        return guard.settings
-    from ..config import Settings
-
-    return Settings.from_app(app)
-
-
 @click.command()
 @click.option("--pool", metavar="POOL",
               help="The worker's pool (-P) when not app.conf.worker_pool (default prefork).")
@@ -403,17 +386,11 @@ def check(ctx: click.Context, pool: str | None) -> None:
     a check fails. Run it where the workers run, with their environment.
     """
     obj = cli_context(ctx)
+    app = obj.get_app()
     try:
-        app = obj.get_app()
-    except click.ClickException:
-        raise
-    except Exception as exc:
-        where = obj.app_path or "the app"
-        raise UsageError(f"cannot load {where}: {_describe(exc)}") from None
-    try:
-        settings = _settings_of(app)
+        settings = settings_of(app)
     except (TypeError, ValueError) as exc:
-        findings = [Finding(FAIL, "settings", _describe(exc),
+        findings = [Finding(FAIL, "settings", describe(exc),
                             "fix the telemetry_guard_* setting it names")]
         secrets: list[str] = []
     else:

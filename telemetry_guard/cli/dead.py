@@ -24,31 +24,19 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from ..dead_letters import Claim, DeadLetterClaims
-from .context import EXIT_PROBLEMS, CliContext, UsageError
+from ..stores.redis_client import mask_url
+from .context import EXIT_PROBLEMS, CliContext, UsageError, cli_context, json_option
 from .output import emit, emit_one, printable
-from .streams import (
-    DEAD_COLUMNS,
-    Entry,
-    GuardStreams,
-    RecordFilter,
-    Window,
-    build_filter,
-    build_window,
-    check_id,
-    cli_context,
-    error_row,
-    filter_options,
-    json_option,
-    mask_url,
-    wants_json,
-)
+from .replay import Replay, dead_row, workers_tasks
+from .stream_query import DEAD_COLUMNS, Entry, RecordFilter, Window, check_id, error_row
+from .streams import GuardStreams, build_filter, build_window, filter_options
 
 #: Default ``--limit`` of ``dead list``.
 DEFAULT_LIMIT = 50
@@ -59,144 +47,10 @@ CONNECT_RETRIES = 2
 #: Publishing one replay: one quick retry, then the entry is kept and reported.
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2,
                         "interval_max": 0.5}
-NOTIFY_TASK = "telemetry_guard.notify"
-#: Task names that are Celery's own (``celery.backend_cleanup``, ``celery.chord_unlock``, ...).
-CELERY_BUILTIN_PREFIX = "celery."
 #: The outcome of an entry another replay sent (or is sending).
 ALREADY_REPLAYED = "already replayed"
 #: Outcomes that need no attention: exit 0.
 DONE_OUTCOMES = ("replayed", ALREADY_REPLAYED)
-
-
-@dataclass(frozen=True)
-class Replay:
-    """A dead letter's message, decoded; ``problem`` says why it cannot be re-sent."""
-
-    task: str | None
-    task_id: str | None
-    args: list[Any]
-    kwargs: dict[str, Any]
-    options: dict[str, Any]
-    problem: str | None = None
-
-    @classmethod
-    def of(cls, entry: Entry) -> Replay:
-        """Decode the entry's ``replay`` field (kombu JSON, as the error-log sink wrote it)."""
-        if not entry.replay_raw:
-            return cls(None, None, [], {}, {}, "no replay payload")
-        from kombu.utils.json import loads
-
-        try:
-            data = loads(entry.replay_raw)  # type: ignore[no-untyped-call]
-        except Exception as exc:
-            return cls(None, None, [], {}, {}, f"unreadable replay payload ({type(exc).__name__})")
-        if not isinstance(data, dict):
-            return cls(None, None, [], {}, {}, "unreadable replay payload")
-        task, args, kwargs = data.get("task"), data.get("args", []), data.get("kwargs", {})
-        options = data.get("options") if isinstance(data.get("options"), dict) else {}
-        task_id = data.get("id") if isinstance(data.get("id"), str) else None
-        problem = None
-        if data.get("replayable") is False:
-            problem = "arguments could not be stored"
-        elif not isinstance(task, str) or not task:
-            problem = "no task name"
-        elif not isinstance(args, list) or not isinstance(kwargs, dict):
-            problem = "malformed arguments"
-        return cls(task if isinstance(task, str) else None, task_id,
-                   args if isinstance(args, list) else [],
-                   kwargs if isinstance(kwargs, dict) else {}, options or {}, problem)
-
-    @property
-    def replayable(self) -> bool:
-        """Whether this message can be sent again (before asking the app)."""
-        return self.problem is None
-
-    def refusal(self, entry: Entry, app: Any) -> str | None:
-        """Why ``app`` must not send this message again, or None when it may."""
-        if self.problem is not None:
-            return self.problem
-        task = str(self.task)
-        if task.startswith(CELERY_BUILTIN_PREFIX):
-            return f"{task} is a Celery built-in task: never replayed"
-        if task not in registered_tasks(app):
-            return f"task {task} is not registered in this app"
-        if entry.task is not None and entry.task != task:
-            return f"replay names task {task} but the entry is filed under {entry.task}"
-        if not entry.readable:
-            return "the record is unreadable: cannot check the replay against it"
-        if task == NOTIFY_TASK:
-            return None
-        record = entry.record
-        if record.get("task_name") != task:
-            return (f"replay names task {task} but the record is of task "
-                    f"{record.get('task_name')}")
-        record_id = record.get("task_id")
-        if self.task_id is not None and record_id is not None and record_id != self.task_id:
-            return f"replay names task id {self.task_id} but the record is of {record_id}"
-        return None
-
-    def send_options(self, app: Any, queue: str | None = None) -> dict[str, Any]:
-        """``send_task`` options: ``queue`` when given, else the registered task's own queue
-        (its ``send_options``, as the guard's notify task has, or its ``queue``; the app's
-        ``task_routes`` and default queue apply as for any ``send_task``), and the task's
-        priority, else the one the message had."""
-        task = registered_tasks(app).get(self.task) if self.task else None
-        out: dict[str, Any] = {}
-        own = getattr(task, "send_options", None)
-        own = own if isinstance(own, dict) else {}
-        own_queue = own.get("queue", getattr(task, "queue", None))
-        if queue:
-            out["queue"] = queue
-        elif isinstance(own_queue, str) and own_queue:
-            out["queue"] = own_queue
-        priority = own.get("priority", getattr(task, "priority", None))
-        if not _is_priority(priority):
-            priority = self.options.get("priority")
-        if _is_priority(priority):
-            out["priority"] = priority
-        return out
-
-    def queue_name(self, app: Any, queue: str | None = None) -> str | None:
-        """The queue the app routes this message to (what ``send_task`` will do)."""
-        if not self.task:
-            return None
-        try:
-            route = app.amqp.router.route(
-                self.send_options(app, queue), self.task, self.args, self.kwargs,
-                task_type=registered_tasks(app).get(self.task))
-            target = route.get("queue")
-            return str(getattr(target, "name", target)) if target is not None else None
-        except Exception:
-            return queue
-
-
-def _is_priority(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255
-
-
-def registered_tasks(app: Any) -> Any:
-    """The app's task registry, with the modules it imports (``imports``, ``include``,
-    autodiscovery) loaded first, as a worker would load them."""
-    if not getattr(app, "_telemetry_guard_tasks_loaded", False):
-        try:
-            app.loader.import_default_modules()
-        except Exception:  # a module that fails to import: its tasks are not registered
-            pass
-        app._telemetry_guard_tasks_loaded = True
-    return app.tasks
-
-
-def dead_row(entry: Entry, *, full: bool = False, app: Any = None) -> dict[str, Any]:
-    """A ``dead list`` row: the redacted record, never the replay arguments."""
-    row = error_row(entry, full=full)
-    if not full and not entry.readable:  # dead list has no message column: say it here
-        row["task"] = row["message"]
-    replay = Replay.of(entry)
-    problem = replay.problem if app is None else replay.refusal(entry, app)
-    row["replayable"] = problem is None if full else ("yes" if problem is None else "no")
-    if full:
-        row["replay_problem"] = problem
-    return row
 
 
 @click.group()
@@ -204,8 +58,19 @@ def dead() -> None:
     """List, show, replay and purge dead letters (given-up tasks)."""
 
 
-def _open(cli: CliContext) -> tuple[GuardStreams, Any]:
-    return GuardStreams.for_cli(cli)
+def _app_and_tasks(cli: CliContext) -> tuple[Any, Mapping[str, Any]]:
+    """The app, and the tasks its workers run (see :func:`.replay.workers_tasks`)."""
+    app = cli.get_app()
+    return app, workers_tasks(app, cli.settings())
+
+
+def _redactor(cli: CliContext) -> Any:
+    """The app's redactor, as its guard builds it from the settings."""
+    from ..redact import Redactor
+
+    s = cli.settings()
+    return Redactor(keys=s.redact_keys, max_value_chars=s.max_value_chars,
+                    max_record_bytes=s.max_record_bytes)
 
 
 @dead.command("list")
@@ -216,15 +81,16 @@ def _open(cli: CliContext) -> tuple[GuardStreams, Any]:
 @click.pass_context
 def list_dead(ctx: click.Context, tasks: tuple[str, ...], severity: tuple[str, ...],
               min_severity: str | None, exceptions: tuple[str, ...], grep: str | None,
-              since: str | None, until: str | None, limit: int, as_json: bool) -> None:
+              since: str | None, until: str | None, limit: int) -> None:
     """Dead letters, newest first."""
     cli = cli_context(ctx)
     flt = build_filter(tasks, severity, min_severity, exceptions, grep)
     window = build_window(since, until, now=time.time())
-    streams, _guard = _open(cli)
-    as_json = wants_json(cli, as_json)
+    streams = GuardStreams.for_cli(cli)
+    as_json = cli.as_json
     with streams.clear_errors():
-        rows = [dead_row(e, full=as_json, app=cli.get_app())
+        app, tasks = _app_and_tasks(cli)
+        rows = [dead_row(e, full=as_json, app=app, tasks=tasks)
                 for e in streams.scan(streams.dead_key, window, flt, limit=limit)]
     emit(rows, DEAD_COLUMNS, as_json=as_json)
 
@@ -235,32 +101,32 @@ def list_dead(ctx: click.Context, tasks: tuple[str, ...], severity: tuple[str, .
               help="Also print the original, UNREDACTED arguments of the replay payload.")
 @json_option
 @click.pass_context
-def show_dead(ctx: click.Context, entry_id: str, show_args: bool, as_json: bool) -> None:
+def show_dead(ctx: click.Context, entry_id: str, show_args: bool) -> None:
     """One dead letter: its redacted record, and what a replay would send."""
     cli = cli_context(ctx)
     entry_id = _entry_id(entry_id)
-    streams, _guard = _open(cli)
+    streams = GuardStreams.for_cli(cli)
     with streams.clear_errors():
         entry = streams.get(streams.dead_key, entry_id)
     if entry is None:
         raise UsageError(f"no dead letter with id {entry_id} in {streams.dead_key}")
     replay = Replay.of(entry)
     shown = error_row(entry, full=True)
-    app = cli.get_app()
-    problem = replay.refusal(entry, app)
+    app, tasks = _app_and_tasks(cli)
+    problem = replay.refusal(entry, app, tasks)
     summary: dict[str, Any] = {"task": replay.task, "id": replay.task_id,
                                "options": replay.options, "replayable": problem is None}
     if problem:
         summary["problem"] = problem
     else:
-        summary["queue"] = replay.queue_name(app)
+        summary["queue"] = replay.queue_name(app, None, tasks)
     if show_args:
         summary.update(args=replay.args, kwargs=replay.kwargs)
     else:
         summary["arguments"] = (f"{len(replay.args)} args, {len(replay.kwargs)} kwargs "
                                 "hidden (unredacted): use --show-args")
     shown["replay"] = summary
-    emit_one(shown, as_json=wants_json(cli, as_json))
+    emit_one(shown, as_json=cli.as_json)
 
 
 def _entry_id(text: str) -> str:
@@ -319,7 +185,7 @@ def replay_dead(ctx: click.Context, ids: tuple[str, ...], tasks: tuple[str, ...]
                 severity: tuple[str, ...], min_severity: str | None,
                 exceptions: tuple[str, ...], grep: str | None, since: str | None,
                 until: str | None, everything: bool, limit: int | None, queue: str | None,
-                yes: bool, dry_run: bool, as_json: bool) -> None:
+                yes: bool, dry_run: bool) -> None:
     """Send dead letters again with their original arguments, then remove them.
 
     Select by ID, or by filters (--task X --since 1h), or --all. Only tasks this app
@@ -329,23 +195,23 @@ def replay_dead(ctx: click.Context, ids: tuple[str, ...], tasks: tuple[str, ...]
     that cannot be sent is kept (exit 1); one another replay took is `already replayed`.
     """
     cli = cli_context(ctx)
-    as_json = wants_json(cli, as_json)
+    as_json = cli.as_json
     selectors = bool(tasks or severity or min_severity or exceptions or grep or since or until)
     if not (ids or selectors or everything):
         raise UsageError("say which dead letters to replay: IDs, filters (--task, --since, "
                          "...) or --all")
     flt = build_filter(tasks, severity, min_severity, exceptions, grep)
     window = build_window(since, until, now=time.time())
-    streams, guard = _open(cli)
+    streams = GuardStreams.for_cli(cli)
     with streams.clear_errors():
         entries = _select(streams, ids, flt, window, limit, selectors=selectors or everything)
-    redactor = guard.redactor
-    app = cli.get_app()
-    plan = [Planned(entry, replay, replay.refusal(entry, app))
+    redactor = _redactor(cli)
+    app, tasks = _app_and_tasks(cli)
+    plan = [Planned(entry, replay, replay.refusal(entry, app, tasks))
             for entry, replay in ((e, Replay.of(e)) for e in entries)]
     sendable = sum(p.refusal is None for p in plan)
     rows = [{"id": p.entry.id, "task": p.replay.task, "replay_of": p.replay.task_id,
-             "queue": p.replay.queue_name(app, queue) if p.refusal is None else None,
+             "queue": p.replay.queue_name(app, queue, tasks) if p.refusal is None else None,
              "args": redactor.redact(p.replay.args), "kwargs": redactor.redact(p.replay.kwargs),
              "outcome": "would send" if p.refusal is None else f"refused: {p.refusal}"}
             for p in plan]
@@ -362,7 +228,7 @@ def replay_dead(ctx: click.Context, ids: tuple[str, ...], tasks: tuple[str, ...]
     if not _confirm(f"Replay {sendable} dead letter(s)?", yes):
         click.echo("aborted: nothing sent", err=True)
         ctx.exit(EXIT_PROBLEMS)
-    results = _send_all(app, streams, plan, queue)
+    results = _send_all(app, tasks, streams, plan, queue)
     emit(results, ("id", "task", "replay_of", "queue", "new_id", "outcome"), as_json=as_json)
     if not all(r["outcome"].startswith(DONE_OUTCOMES) for r in results):
         ctx.exit(EXIT_PROBLEMS)
@@ -385,8 +251,8 @@ def _claimed_by(claim: Claim) -> str:
     return f"{ALREADY_REPLAYED} (claimed by {other.get('by', '?')} at {when})"
 
 
-def _send_all(app: Any, streams: GuardStreams, plan: Sequence[Planned],
-              queue: str | None) -> list[dict[str, Any]]:
+def _send_all(app: Any, tasks: Mapping[str, Any], streams: GuardStreams,
+              plan: Sequence[Planned], queue: str | None) -> list[dict[str, Any]]:
     """Claim, publish and remove each sendable entry; see the module's docstring."""
     results: list[dict[str, Any]] = []
     claims = DeadLetterClaims(streams.client, streams.dead_key)
@@ -402,21 +268,21 @@ def _send_all(app: Any, streams: GuardStreams, plan: Sequence[Planned],
                     f"{printable(str(exc))}; "
                     "nothing sent") from None
         for p in plan:
-            results.append(_send_one(app, conn, claims, streams, p, queue))
+            results.append(_send_one(app, tasks, conn, claims, streams, p, queue))
     finally:
         conn.release()
     return results
 
 
-def _send_one(app: Any, conn: Any, claims: DeadLetterClaims, streams: GuardStreams,
-              planned: Planned, queue: str | None) -> dict[str, Any]:
+def _send_one(app: Any, tasks: Mapping[str, Any], conn: Any, claims: DeadLetterClaims,
+              streams: GuardStreams, planned: Planned, queue: str | None) -> dict[str, Any]:
     """One entry: refused, already replayed, not sent (claim released), or replayed."""
     entry, replay = planned.entry, planned.replay
     row: dict[str, Any] = {"id": entry.id, "task": replay.task, "replay_of": replay.task_id,
                            "queue": None, "new_id": None}
     if planned.refusal is not None:
         return {**row, "outcome": f"refused: {planned.refusal}"}
-    row["queue"] = replay.queue_name(app, queue)
+    row["queue"] = replay.queue_name(app, queue, tasks)
     try:
         with streams.clear_errors():
             claim = claims.claim(entry.id)
@@ -431,7 +297,7 @@ def _send_one(app: Any, conn: Any, claims: DeadLetterClaims, streams: GuardStrea
             replay.task, args=replay.args, kwargs=replay.kwargs, connection=conn,
             headers={REPLAY_HEADER: replay.task_id}, retry=True,
             retry_policy=PUBLISH_RETRY_POLICY, add_to_parent=False,
-            **replay.send_options(app, queue))
+            **replay.send_options(app, queue, tasks))
     except Exception as exc:
         try:
             with streams.clear_errors():
@@ -461,20 +327,20 @@ def _send_one(app: Any, conn: Any, claims: DeadLetterClaims, streams: GuardStrea
 @json_option
 @click.pass_context
 def purge_dead(ctx: click.Context, ids: tuple[str, ...], tasks: tuple[str, ...],
-               before: str | None, everything: bool, yes: bool, dry_run: bool,
-               as_json: bool) -> None:
+               before: str | None, everything: bool, yes: bool, dry_run: bool) -> None:
     """Remove dead letters: by ID, by --task and/or --older-than 7d, or --all."""
     cli = cli_context(ctx)
-    as_json = wants_json(cli, as_json)
+    as_json = cli.as_json
     selectors = bool(tasks or before)
     if not (ids or selectors or everything):
         raise UsageError("say which dead letters to purge: IDs, --task, --older-than or --all")
     flt = build_filter(tasks)
     window = build_window(None, before, now=time.time())
-    streams, _guard = _open(cli)
+    streams = GuardStreams.for_cli(cli)
     with streams.clear_errors():
         entries = _select(streams, ids, flt, window, None, selectors=selectors or everything)
-    rows = [dead_row(e, full=as_json, app=cli.get_app()) for e in entries]
+    app, tasks = _app_and_tasks(cli)
+    rows = [dead_row(e, full=as_json, app=app, tasks=tasks) for e in entries]
     if dry_run or not rows:
         emit(rows, DEAD_COLUMNS, as_json=as_json)
         if dry_run:

@@ -10,23 +10,10 @@ import time
 
 import click
 
-from .context import EXIT_OK, CliContext, UsageError
+from .context import EXIT_OK, UsageError, cli_context, json_option
 from .output import emit, emit_one
-from .streams import (
-    ERROR_COLUMNS,
-    Entry,
-    GuardStreams,
-    build_filter,
-    build_window,
-    check_id,
-    cli_context,
-    error_row,
-    filter_options,
-    json_option,
-    line_for,
-    previous_id,
-    wants_json,
-)
+from .stream_query import ERROR_COLUMNS, Entry, check_id, error_row, line_for, previous_id
+from .streams import GuardStreams, build_filter, build_window, filter_options
 
 #: Default ``--limit`` of ``errors list``.
 DEFAULT_LIMIT = 50
@@ -35,11 +22,6 @@ DEFAULT_STATS_WINDOW = "1h"
 #: Column widths of ``errors tail`` on a terminal (its rows are printed as they come).
 TAIL_WIDTHS = {"id": 15, "time": 20, "task": 28, "severity": 8, "exception": 22,
                "decision": 8, "message": 60}
-
-
-def _streams(cli: CliContext) -> GuardStreams:
-    streams, _guard = GuardStreams.for_cli(cli)
-    return streams
 
 
 @click.group()
@@ -55,13 +37,13 @@ def errors() -> None:
 @click.pass_context
 def list_errors(ctx: click.Context, tasks: tuple[str, ...], severity: tuple[str, ...],
                 min_severity: str | None, exceptions: tuple[str, ...], grep: str | None,
-                since: str | None, until: str | None, limit: int, as_json: bool) -> None:
+                since: str | None, until: str | None, limit: int) -> None:
     """Failure records, newest first."""
     cli = cli_context(ctx)
     flt = build_filter(tasks, severity, min_severity, exceptions, grep)
     window = build_window(since, until, now=time.time())
-    streams = _streams(cli)
-    as_json = wants_json(cli, as_json)
+    streams = GuardStreams.for_cli(cli)
+    as_json = cli.as_json
     with streams.clear_errors():
         rows = [error_row(e, full=as_json)
                 for e in streams.scan(streams.errors_key, window, flt, limit=limit)]
@@ -72,19 +54,19 @@ def list_errors(ctx: click.Context, tasks: tuple[str, ...], severity: tuple[str,
 @click.argument("entry_id", metavar="ID")
 @json_option
 @click.pass_context
-def show_error(ctx: click.Context, entry_id: str, as_json: bool) -> None:
+def show_error(ctx: click.Context, entry_id: str) -> None:
     """One record whole, by entry ID (as `errors list` shows it)."""
     cli = cli_context(ctx)
     try:
         entry_id = check_id(entry_id)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    streams = _streams(cli)
+    streams = GuardStreams.for_cli(cli)
     with streams.clear_errors():
         entry = streams.get(streams.errors_key, entry_id)
     if entry is None:
         raise UsageError(f"no error-log entry with id {entry_id} in {streams.errors_key}")
-    emit_one(error_row(entry, full=True), as_json=wants_json(cli, as_json))
+    emit_one(error_row(entry, full=True), as_json=cli.as_json)
 
 
 @errors.command("tail")
@@ -98,7 +80,7 @@ def show_error(ctx: click.Context, entry_id: str, as_json: bool) -> None:
 def tail_errors(ctx: click.Context, tasks: tuple[str, ...], severity: tuple[str, ...],
                 min_severity: str | None, exceptions: tuple[str, ...], grep: str | None,
                 since: str | None, until: str | None, count: int | None,
-                timeout: float | None, as_json: bool) -> None:
+                timeout: float | None) -> None:
     """Follow new records as they arrive (from --since, else from now); Ctrl-C stops."""
     cli = cli_context(ctx)
     if until is not None:
@@ -106,8 +88,8 @@ def tail_errors(ctx: click.Context, tasks: tuple[str, ...], severity: tuple[str,
                          "(use errors list)")
     flt = build_filter(tasks, severity, min_severity, exceptions, grep)
     window = build_window(since, None, now=time.time())
-    streams = _streams(cli)
-    as_json = wants_json(cli, as_json)
+    streams = GuardStreams.for_cli(cli)
+    as_json = cli.as_json
     deadline = None if timeout is None else time.monotonic() + timeout
     shown = 0
     try:
@@ -144,13 +126,13 @@ def _print_tail(entry: Entry, as_json: bool) -> None:
 @click.pass_context
 def error_stats(ctx: click.Context, tasks: tuple[str, ...], severity: tuple[str, ...],
                 min_severity: str | None, exceptions: tuple[str, ...], grep: str | None,
-                since: str | None, until: str | None, as_json: bool) -> None:
+                since: str | None, until: str | None) -> None:
     """Counts by task, exception and severity over a window (--since, default 1h)."""
     cli = cli_context(ctx)
     flt = build_filter(tasks, severity, min_severity, exceptions, grep)
     window = build_window(since or DEFAULT_STATS_WINDOW, until, now=time.time())
-    streams = _streams(cli)
+    streams = GuardStreams.for_cli(cli)
     with streams.clear_errors():
         rows = streams.count(streams.errors_key, window, flt).rows()
     emit(rows, ("count", "task", "exception", "severity", "first", "last"),
-         as_json=wants_json(cli, as_json))
+         as_json=cli.as_json)
