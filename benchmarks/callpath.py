@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                       BENCH_LOG_DIR=logdir)
     try:
         from benchmarks.apps import bare, guarded
+        from telemetry_guard.integration.task import build_failure_event, format_traceback
         from telemetry_guard.sinks.tracing import TRACER_NAME, TaskSpan
-        from telemetry_guard.task import build_failure_event, format_traceback
 
         guarded.set_up_telemetry()
         guard = guarded.app._telemetry_guard

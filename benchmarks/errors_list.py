@@ -39,12 +39,12 @@ if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
 from click.testing import CliRunner  # noqa: E402
 
 from benchmarks._redis import start_redis  # noqa: E402
-from telemetry_guard.classify import Severity  # noqa: E402
 from telemetry_guard.cli import main  # noqa: E402
 from telemetry_guard.cli.stream_query import RecordFilter, Window  # noqa: E402
 from telemetry_guard.cli.streams import GuardStreams  # noqa: E402
-from telemetry_guard.events import FailureEvent  # noqa: E402
-from telemetry_guard.redact import Redactor  # noqa: E402
+from telemetry_guard.core.classify import Severity  # noqa: E402
+from telemetry_guard.core.events import FailureEvent  # noqa: E402
+from telemetry_guard.core.redact import Redactor  # noqa: E402
 
 APP = "benchmarks.apps.bare"
 KEY = "telemetry_guard:errors"

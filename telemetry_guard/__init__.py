@@ -9,30 +9,35 @@ from __future__ import annotations
 import importlib as _importlib
 from typing import Any as _Any
 
-# Bound now: the function ``classify`` must shadow the submodule of the same name.
-from .classify import Classifier, Severity, classify
-
-#: The other public names, bound on first use, and the module that defines each.
+#: The public names, bound on first use, and the module that defines each.
 _EXPORTS = {
-    "BreakerChange": ".events", "CircuitBreaker": ".breaker",
-    "CircuitOpenError": ".exceptions", "FailureEvent": ".events", "GuardedTask": ".task",
-    "RedactingSpanExporter": ".span_redaction", "RetryPolicy": ".policy",
-    "TaskMemoryError": ".exceptions", "TelemetryGuard": ".guard",
-    "UnpicklableTaskError": ".exceptions", "configure_logging": ".sinks.logging",
-    "register_resilient_request": ".http",
+    "BreakerChange": ".core.events", "CircuitBreaker": ".breaker",
+    "CircuitOpenError": ".exceptions", "Classifier": ".core.classify",
+    "FailureEvent": ".core.events", "GuardedTask": ".integration.task",
+    "RedactingSpanExporter": ".sinks.span_redaction", "RetryPolicy": ".core.policy",
+    "Severity": ".core.classify", "TaskMemoryError": ".exceptions",
+    "TelemetryGuard": ".integration.guard", "UnpicklableTaskError": ".exceptions",
+    "classify": ".core.classify", "configure_logging": ".sinks.logging",
+    "recycle_on_memory_error": ".core.callbacks", "register_resilient_request": ".http",
+    "reset_connection_pool": ".core.callbacks",
 }
 BreakerChange: _Any
 CircuitBreaker: _Any
 CircuitOpenError: _Any
+Classifier: _Any
 FailureEvent: _Any
 GuardedTask: _Any
 RedactingSpanExporter: _Any
 RetryPolicy: _Any
+Severity: _Any
 TaskMemoryError: _Any
 TelemetryGuard: _Any
 UnpicklableTaskError: _Any
+classify: _Any
 configure_logging: _Any
+recycle_on_memory_error: _Any
 register_resilient_request: _Any
+reset_connection_pool: _Any
 
 
 def __getattr__(name: str) -> _Any:
@@ -55,5 +60,5 @@ __all__ = [
     "BreakerChange", "CircuitBreaker", "CircuitOpenError", "Classifier", "FailureEvent",
     "GuardedTask", "RedactingSpanExporter", "RetryPolicy", "Severity", "TaskMemoryError",
     "TelemetryGuard", "UnpicklableTaskError", "classify", "configure_logging",
-    "register_resilient_request",
+    "recycle_on_memory_error", "register_resilient_request", "reset_connection_pool",
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from . import dispatch
-from .events import BreakerChange, FailureEvent
+from .core import dispatch
+from .core.events import BreakerChange, FailureEvent
 
 
 @contextmanager

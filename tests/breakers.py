@@ -11,7 +11,7 @@ import redis
 
 from telemetry_guard.breaker import set_error_listener, set_transition_listener
 from telemetry_guard.breaker.redis_store import breaker_client
-from telemetry_guard.events import BreakerChange
+from telemetry_guard.core.events import BreakerChange
 
 
 @dataclass

@@ -20,7 +20,7 @@ from telemetry_guard.breaker import (
     set_error_listener,
     set_transition_listener,
 )
-from telemetry_guard.events import BreakerChange
+from telemetry_guard.core.events import BreakerChange
 from telemetry_guard.exceptions import CircuitOpenError as PublicCircuitOpenError
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telemetry_guard.budget import (
+from telemetry_guard.stores.budget import (
     DEFAULT_MIN_RETRIES_PER_SECOND,
     DEFAULT_RATIO,
     DEFAULT_TTL,

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from telemetry_guard.celery_logs import CeleryLogScrubber
-from telemetry_guard.redact import Redactor
+from telemetry_guard.core.redact import Redactor
+from telemetry_guard.integration.celery_logs import CeleryLogScrubber
 
 TOKEN = "ghp_0123456789abcdefghijABCDEFGHIJ"
 

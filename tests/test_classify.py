@@ -1,4 +1,4 @@
-"""Tests for telemetry_guard.classify: Severity, default rules, user rules."""
+"""Tests for telemetry_guard.core.classify: Severity, default rules, user rules."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import kombu.exceptions
 import pytest
 import redis.exceptions
 
-from telemetry_guard.classify import (
+from telemetry_guard.core.classify import (
     DEFAULT_CLASSIFIER,
     Classifier,
     Severity,

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from telemetry_guard.config import Settings
+from telemetry_guard.integration.config import Settings
 from telemetry_guard.notify import EmailConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Tests for telemetry_guard.config: Settings.from_app, its precedence, parsing and errors."""
+"""Tests for the guard's Settings: Settings.from_app, its precedence, parsing and errors."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pytest
 from celery import Celery
 
-from telemetry_guard.config import DEFAULT_ROUTES, Settings
-from telemetry_guard.policy import RetryPolicy
-from telemetry_guard.redact import DEFAULT_REDACT_KEYS
+from telemetry_guard.core.policy import RetryPolicy
+from telemetry_guard.core.redact import DEFAULT_REDACT_KEYS
+from telemetry_guard.integration.config import DEFAULT_ROUTES, Settings
 
 BROKER = "redis://127.0.0.1:1/0"
 

@@ -1,4 +1,4 @@
-"""Tests for telemetry_guard.dispatch: fan-out to sinks, fail-open, listeners."""
+"""Tests for telemetry_guard.core.dispatch: fan-out to sinks, fail-open, listeners."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from telemetry_guard import dispatch
-from telemetry_guard.classify import Severity
-from telemetry_guard.dispatch import ERROR_LOG_INTERVAL, Dispatcher
-from telemetry_guard.events import BreakerChange, FailureEvent
+from telemetry_guard.core.classify import Severity
+from telemetry_guard.core.dispatch import ERROR_LOG_INTERVAL, Dispatcher
+from telemetry_guard.core.events import BreakerChange, FailureEvent
 from telemetry_guard.sinks.base import Sink
 from telemetry_guard.sinks.metrics import get_metrics
 

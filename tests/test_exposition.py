@@ -1,4 +1,4 @@
-"""Tests for telemetry_guard.exposition: folding dead processes' multiprocess metric files."""
+"""Tests for telemetry_guard.sinks.exposition: folding dead processes' multiprocess metric files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from telemetry_guard.exposition import archive_dead_processes, clean_multiproc_dir
+from telemetry_guard.sinks.exposition import archive_dead_processes, clean_multiproc_dir
 
 BUCKETS = (0.1, 1.0, 10.0)
 

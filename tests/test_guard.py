@@ -1,4 +1,4 @@
-"""Tests for telemetry_guard.guard: replacing a guard, countdown caps, per-task lookups."""
+"""Tests for TelemetryGuard: replacing a guard, countdown caps, per-task lookups."""
 
 from __future__ import annotations
 
@@ -250,7 +250,7 @@ def test_a_guarded_task_without_a_guard_runs_plainly_and_builds_none(app: Celery
 @pytest.fixture
 def process_rules() -> Iterator[None]:
     """Rules registered process-wide in a test are gone after it."""
-    from telemetry_guard.classify import DEFAULT_CLASSIFIER
+    from telemetry_guard.core.classify import DEFAULT_CLASSIFIER
 
     saved = DEFAULT_CLASSIFIER._rules
     yield
@@ -260,7 +260,7 @@ def process_rules() -> Iterator[None]:
 def test_process_wide_rules_apply_to_guarded_tasks_after_the_guards_own(
         app: Celery, process_rules: None) -> None:
     """``classify``'s rules apply process-wide, the guard's classifier included."""
-    from telemetry_guard.classify import DEFAULT_CLASSIFIER, classify
+    from telemetry_guard.core.classify import DEFAULT_CLASSIFIER, classify
 
     guard = TelemetryGuard(app)
 

@@ -15,8 +15,8 @@ from opentelemetry import trace
 from structlog.testing import capture_logs
 
 from telemetry_guard import configure_logging
-from telemetry_guard.classify import Severity
-from telemetry_guard.events import BreakerChange, FailureEvent
+from telemetry_guard.core.classify import Severity
+from telemetry_guard.core.events import BreakerChange, FailureEvent
 from telemetry_guard.sinks.logging import LogSink
 
 COMMON = ("task_name", "task_id", "severity", "hostname", "pid")

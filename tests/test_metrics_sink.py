@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from telemetry_guard.classify import Severity
-from telemetry_guard.events import BreakerChange, FailureEvent
+from telemetry_guard.core.classify import Severity
+from telemetry_guard.core.events import BreakerChange, FailureEvent
 from telemetry_guard.sinks.metrics import OTHER, LabelBound, Metrics, MetricsSink
 
 

@@ -15,7 +15,7 @@ from celery import Celery
 from celery.exceptions import CDeprecationWarning, CPendingDeprecationWarning
 
 from telemetry_guard import GuardedTask, RetryPolicy, Severity, TelemetryGuard
-from telemetry_guard.events import FailureEvent
+from telemetry_guard.core.events import FailureEvent
 from telemetry_guard.notify import (
     DEFAULT_NOTIFY_RETRY_POLICY,
     NOTIFY_TASK_NAME,

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 
 from telemetry_guard import RetryPolicy, Severity
-from telemetry_guard.classify import Classifier
-from telemetry_guard.pipeline import EventBuilder, decide
-from telemetry_guard.redact import Redactor
-from telemetry_guard.routing import Router
+from telemetry_guard.core.classify import Classifier
+from telemetry_guard.core.pipeline import EventBuilder, decide
+from telemetry_guard.core.redact import Redactor
+from telemetry_guard.core.routing import Router
 
 POLICY = RetryPolicy(max_retries=2, retry_on=(ConnectionError,), base_delay=1.0, jitter="none")
 

@@ -1,4 +1,4 @@
-"""Tests for telemetry_guard.policy: backoff, jitter, retry decisions, broker horizon."""
+"""Tests for telemetry_guard.core.policy: backoff, jitter, retry decisions, broker horizon."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telemetry_guard.policy import (
+from telemetry_guard.core.policy import (
     DEFAULT_RETRY_POLICY,
     HORIZON_MARGIN,
     JITTER_MODES,

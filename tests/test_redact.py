@@ -1,4 +1,4 @@
-"""Tests for telemetry_guard.redact: redaction, scrubbing and bounded serialisation."""
+"""Tests for telemetry_guard.core.redact: redaction, scrubbing and bounded serialisation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telemetry_guard.redact import (
+from telemetry_guard.core.redact import (
     CYCLE_MARKER,
     DEPTH_MARKER,
     MIN_RECORD_BYTES,

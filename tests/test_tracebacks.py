@@ -1,4 +1,4 @@
-"""Tests for telemetry_guard.tracebacks: every printed piece is scrubbed before any cut."""
+"""Tests for telemetry_guard.core.tracebacks: every printed piece is scrubbed before any cut."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import sys
 
 from sentry_sdk.utils import event_from_exception
 
-from telemetry_guard.redact import REDACTED, Redactor
+from telemetry_guard.core.redact import REDACTED, Redactor
+from telemetry_guard.core.tracebacks import format_traceback
 from telemetry_guard.sinks.sentry_redaction import redact_event
-from telemetry_guard.tracebacks import format_traceback
 
 SECRET = "hunter2-canary-5b1e"
 

@@ -18,7 +18,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 from celery.exceptions import Ignore, Reject, Retry
 
-from ..events import BreakerChange
+from ..core.events import BreakerChange
 from ..exceptions import CircuitOpenError
 from .default_url import replace_default_redis_url
 from .hooks import emit_call, emit_transition

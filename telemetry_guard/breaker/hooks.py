@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..events import BreakerChange
+from ..core.events import BreakerChange
 
 TransitionListener = Callable[[BreakerChange], None]
 CallListener = Callable[[str, str], None]

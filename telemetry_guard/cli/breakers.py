@@ -45,7 +45,7 @@ from .context import EXIT_PROBLEMS, UsageError, cli_context, json_option, route_
 from .output import emit, emit_one, printable
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from ..integration.config import Settings
 
 #: Seconds the CLI's own Redis client waits to connect and for each reply.
 REDIS_TIMEOUT = 3.0

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from ..integration.config import Settings
 
 #: Exit codes: 0 ok, 1 found problems, 2 usage.
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -84,7 +84,7 @@ def settings_of(app: Any) -> Settings:
     guard = getattr(app, "_telemetry_guard", None)
     if guard is not None:
         return guard.settings  # type: ignore[no-any-return]
-    from ..config import Settings
+    from ..integration.config import Settings
 
     return Settings.from_app(app)
 
@@ -117,7 +117,7 @@ class CliContext:
         if self._settings is None:
             app = self.get_app()
             with one_line_errors(f"the telemetry_guard settings of {self.where}"):
-                from ..config import check_budget_has_redis
+                from ..integration.config import check_budget_has_redis
 
                 settings = settings_of(app)
                 check_budget_has_redis(settings.retry_budget, settings.redis_url)
@@ -134,7 +134,7 @@ class CliContext:
         with one_line_errors(self.where):
             guard = getattr(app, "_telemetry_guard", None)
             if guard is None:
-                from ..guard import TelemetryGuard
+                from ..integration.guard import TelemetryGuard
 
                 guard = TelemetryGuard(app)
             _ = guard.settings  # read now: a bad setting is a usage error here

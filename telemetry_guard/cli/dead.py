@@ -30,7 +30,7 @@ from typing import Any
 
 import click
 
-from ..dead_letters import Claim, DeadLetterClaims
+from ..stores.dead_letters import Claim, DeadLetterClaims
 from ..stores.redis_client import mask_url
 from .context import EXIT_PROBLEMS, CliContext, UsageError, cli_context, json_option
 from .output import emit, emit_one, printable
@@ -66,7 +66,7 @@ def _app_and_tasks(cli: CliContext) -> tuple[Any, Mapping[str, Any]]:
 
 def _redactor(cli: CliContext) -> Any:
     """The app's redactor, as its guard builds it from the settings."""
-    from ..redact import Redactor
+    from ..core.redact import Redactor
 
     s = cli.settings()
     return Redactor(keys=s.redact_keys, max_value_chars=s.max_value_chars,

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..classify import Severity
+from ..core.classify import Severity
 from .output import cell_text
 
 #: Severity labels, lowest first.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from telemetry_guard.cli.demo import demo
+from ..cli.demo import demo
 
 if __name__ == "__main__":
     demo(prog_name="python -m telemetry_guard.demo")

@@ -24,9 +24,9 @@ from typing import IO, Any
 import redis
 from celery.contrib.testing.worker import start_worker
 
-from ..events import FailureEvent
-from ..exposition import serve_metrics
-from ..guard import TelemetryGuard
+from ..core.events import FailureEvent
+from ..integration.guard import TelemetryGuard
+from ..sinks.exposition import serve_metrics
 from ..sinks.logging import configure_logging
 from .services import DownstreamService, MailCatcher, RedisServer
 from .summary import DemoResult, render_summary

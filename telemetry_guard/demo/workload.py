@@ -24,11 +24,11 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_task_publish, task_postrun, task_success
 
-from ..guard import TelemetryGuard
+from ..core.policy import RetryPolicy
 from ..http import TransientHTTPError, register_resilient_request
+from ..integration.guard import TelemetryGuard
+from ..integration.task import GuardedTask
 from ..notify import NOTIFY_TASK_NAME
-from ..policy import RetryPolicy
-from ..task import GuardedTask
 from .services import DownstreamService
 
 DEFAULT_QUEUE = "demo"

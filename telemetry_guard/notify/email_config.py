@@ -9,9 +9,9 @@ from typing import Any
 
 import redis
 
-from ..classify import Severity
-from ..config import _retry_policy
-from ..policy import RetryPolicy
+from ..core.classify import Severity
+from ..core.policy import RetryPolicy
+from ..integration.config import _retry_policy
 from .message import header_text
 
 #: Errors a later attempt can fix: SMTP replies (4xx/5xx), refused connections, timeouts,

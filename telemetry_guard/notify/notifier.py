@@ -13,8 +13,8 @@ from typing import Any
 import redis
 from celery.exceptions import Retry
 
-from ..channels import EMAIL as CHANNEL
-from ..dead_letters import DEAD_STREAM, add_dead_letter
+from ..core.channels import EMAIL as CHANNEL
+from ..stores.dead_letters import DEAD_STREAM, add_dead_letter
 from .email_config import EmailConfig
 from .message import build_message, fingerprint_hash, header_text
 from .throttle import NotificationThrottle

@@ -26,8 +26,8 @@ from typing import Any
 
 from kombu.entity import Exchange, Queue
 
-from ..channels import EMAIL
-from ..events import FailureEvent
+from ..core.channels import EMAIL
+from ..core.events import FailureEvent
 from ..stores.background import BackgroundWriter, ItemQueue
 from .base import Sink
 

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from kombu.utils.json import dumps as kombu_dumps
 
-from ..dead_letters import DEAD_STREAM, TASK_FIELD, Added, dead_fields, index_key
-from ..events import FailureEvent
-from ..redact import Redactor, safe_repr
+from ..core.events import FailureEvent
+from ..core.redact import Redactor, safe_repr
 from ..stores.background import BackgroundWriter, ItemQueue
+from ..stores.dead_letters import DEAD_STREAM, TASK_FIELD, Added, dead_fields, index_key
 from ..stores.redis_client import redis_client
 from ..stores.scripts import bind
 from .base import Sink

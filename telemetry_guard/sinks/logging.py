@@ -9,7 +9,7 @@ from typing import IO, Any
 import structlog
 from opentelemetry import trace
 
-from ..events import BreakerChange, FailureEvent
+from ..core.events import BreakerChange, FailureEvent
 from .base import Sink
 
 LOGGER_NAME = "telemetry_guard"

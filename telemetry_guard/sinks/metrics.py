@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from ..events import BreakerChange, FailureEvent
+from ..core.events import BreakerChange, FailureEvent
 from .base import Sink
 
 OTHER = "other"

@@ -50,10 +50,10 @@ from sentry_sdk.utils import (  # type: ignore[attr-defined]
     event_from_exception,
 )
 
-from ..channels import SENTRY
-from ..classify import Severity
-from ..events import FailureEvent
-from ..redact import Redactor
+from ..core.channels import SENTRY
+from ..core.classify import Severity
+from ..core.events import FailureEvent
+from ..core.redact import Redactor
 from .base import Sink
 from .sentry_redaction import OWN_EVENT_HINT, ErrorReporter, EventDict, event_values, redacted
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sentry_sdk.utils import AnnotatedValue  # type: ignore[attr-defined]
 
-from ..redact import Redactor
+from ..core.redact import Redactor
 
 if TYPE_CHECKING:
     from sentry_sdk.types import Event, Hint

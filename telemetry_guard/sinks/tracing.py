@@ -11,7 +11,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ..events import BreakerChange, FailureEvent
+from ..core.events import BreakerChange, FailureEvent
 from .base import Sink
 
 TRACER_NAME = "telemetry_guard"

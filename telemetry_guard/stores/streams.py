@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from ..dead_letters import TASK_FIELD, remove_dead_letters
+from .dead_letters import TASK_FIELD, remove_dead_letters
 from .scripts import bind
 
 _TASK_FIELD = TASK_FIELD.encode()

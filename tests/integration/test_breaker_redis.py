@@ -32,7 +32,7 @@ from telemetry_guard.breaker import (
 from telemetry_guard.breaker.memory import MemoryBreakerStore
 from telemetry_guard.breaker.redis_store import RedisBreakerStore, StoreUnconfigured
 from telemetry_guard.breaker.state import FAILURE, IGNORED, MODES, SUCCESS, BreakerConfig
-from telemetry_guard.events import BreakerChange
+from telemetry_guard.core.events import BreakerChange
 from telemetry_guard.stores.scripts import lua
 from tests.breakers import Heard
 from tests.servers import free_port, start_redis, wait_for

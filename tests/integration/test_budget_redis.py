@@ -15,7 +15,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from telemetry_guard.budget import (
+from telemetry_guard.stores.budget import (
     EXPIRE_TTLS,
     SCRIPT_NAME,
     BudgetConfig,

@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from telemetry_guard import GuardedTask, RetryPolicy, TelemetryGuard
-from telemetry_guard.events import FailureEvent
+from telemetry_guard.core.events import FailureEvent
 from telemetry_guard.testing import capture_events
 from tests.servers import RedisServer, stop_process
 

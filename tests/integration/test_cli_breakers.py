@@ -304,7 +304,7 @@ def test_list_shows_breakers_found_only_in_redis_and_skips_their_side_keys(
 def test_breaker_commands_go_through_the_guards_transition_listener(
         runner: CliRunner, celery_app: Celery) -> None:
     """`open` and `close` are told like any transition: the guard's listener sees both."""
-    from telemetry_guard.events import BreakerChange
+    from telemetry_guard.core.events import BreakerChange
     from telemetry_guard.testing import capture_events
 
     CircuitBreaker("cli.told", reset_timeout=30.0)

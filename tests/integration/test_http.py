@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from telemetry_guard import RetryPolicy, Severity, TelemetryGuard
 from telemetry_guard.breaker import get_breaker
-from telemetry_guard.events import BreakerChange, FailureEvent
+from telemetry_guard.core.events import BreakerChange, FailureEvent
 from telemetry_guard.http import (
     HTTPClientError,
     HTTPConnectionError,

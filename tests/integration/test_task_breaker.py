@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from telemetry_guard import CircuitBreaker, GuardedTask, RetryPolicy, TelemetryGuard
-from telemetry_guard.events import BreakerChange
+from telemetry_guard.core.events import BreakerChange
 from telemetry_guard.testing import capture_events
 
 NO_RETRY = RetryPolicy(max_retries=0)

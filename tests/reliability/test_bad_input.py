@@ -53,8 +53,8 @@ from telemetry_guard import (
     UnpicklableTaskError,
     configure_logging,
 )
-from telemetry_guard.events import FailureEvent
-from telemetry_guard.redact import TRUNCATED_MARKER
+from telemetry_guard.core.events import FailureEvent
+from telemetry_guard.core.redact import TRUNCATED_MARKER
 from telemetry_guard.sinks.errorlog import ErrorLogSink
 from telemetry_guard.sinks.logging import LogSink
 from telemetry_guard.sinks.metrics import Metrics, MetricsSink

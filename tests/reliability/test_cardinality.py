@@ -20,9 +20,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from telemetry_guard.classify import Severity
-from telemetry_guard.config import Settings
-from telemetry_guard.events import FailureEvent
+from telemetry_guard.core.classify import Severity
+from telemetry_guard.core.events import FailureEvent
+from telemetry_guard.integration.config import Settings
 from telemetry_guard.sinks.metrics import OTHER, Metrics, MetricsSink
 
 TASKS = 10_000

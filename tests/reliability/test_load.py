@@ -50,8 +50,8 @@ import pytest
 import redis
 from celery import Celery
 
-from telemetry_guard.classify import Severity
-from telemetry_guard.events import FailureEvent
+from telemetry_guard.core.classify import Severity
+from telemetry_guard.core.events import FailureEvent
 from telemetry_guard.sinks.errorlog import ErrorLogSink
 from tests.integration.test_prefork import scrape
 from tests.servers import free_port, wait_for

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from .events import FailureEvent
-from .pipeline import EventBuilder
-from .policy import RetryPolicy
+from ..core.events import FailureEvent
+from ..core.pipeline import EventBuilder
+from ..core.policy import RetryPolicy
 
 #: The attribute of a Celery app holding its guard (set and removed by TelemetryGuard only).
 APP_ATTRIBUTE = "_telemetry_guard"

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..breaker import CircuitBreaker
-from ..callbacks import outcome_for
+from ..core.callbacks import outcome_for
+from ..core.policy import RetryPolicy
 from ..exceptions import CircuitOpenError
-from ..policy import RetryPolicy
-from ..task import GuardedTask
-from ..task_guard import guard_of
+from ..integration.task import GuardedTask
+from ..integration.task_guard import guard_of
 from . import _http_cache as http_cache
 from ._host_breakers import breaker_name, host_breakers
 from ._http_client import MAX_BODY_BYTES, decode, prepare, send

@@ -51,10 +51,10 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import NoScriptError
 
-from .sinks.base import Sink
-from .stores.background import BackgroundWriter, Tally
-from .stores.redis_client import redis_client
-from .stores.scripts import bind
+from ..sinks.base import Sink
+from .background import BackgroundWriter, Tally
+from .redis_client import redis_client
+from .scripts import bind
 
 if TYPE_CHECKING:
     import redis

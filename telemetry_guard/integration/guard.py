@@ -9,9 +9,25 @@ from typing import Any
 import structlog
 from billiard.exceptions import WorkerLostError
 
-from . import breaker
-from .budget import BudgetLifecycle, RetryBudget
-from .callbacks import ErrorCallback, ErrorCallbacks
+from .. import breaker
+from ..core.callbacks import ErrorCallback, ErrorCallbacks
+from ..core.channels import CHANNELS
+from ..core.classify import DEFAULT_CLASSIFIER, Classifier, Severity
+from ..core.dispatch import Dispatcher
+from ..core.events import BreakerChange, Decision, FailureEvent
+from ..core.pipeline import EventBuilder, Routing
+from ..core.policy import RetryPolicy, cap_below_horizon
+from ..core.redact import Redactor
+from ..core.routing import Router
+from ..notify import NOTIFY_TASK_NAME, Notifier, register_notify_task
+from ..sinks.base import Sink
+from ..sinks.email import EmailSink
+from ..sinks.errorlog import ErrorLogSink
+from ..sinks.logging import LogSink
+from ..sinks.metrics import BreakerStateCollector, MetricsSink, get_metrics
+from ..sinks.sentry import SentrySink
+from ..sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink, current_ids
+from ..stores.budget import BudgetLifecycle, RetryBudget
 from .celery_logs import CeleryLogScrubber
 from .celery_retry import (
     celery_max_retries,
@@ -21,24 +37,8 @@ from .celery_retry import (
     retried_exception,
     retry_delay,
 )
-from .channels import CHANNELS
-from .classify import DEFAULT_CLASSIFIER, Classifier, Severity
 from .config import Settings, check_budget_has_redis
-from .dispatch import Dispatcher
-from .events import BreakerChange, Decision, FailureEvent
-from .notify import NOTIFY_TASK_NAME, Notifier, register_notify_task
-from .pipeline import EventBuilder, Routing
-from .policy import RetryPolicy, cap_below_horizon
-from .redact import Redactor
-from .routing import Router
 from .signals import GuardSignals
-from .sinks.base import Sink
-from .sinks.email import EmailSink
-from .sinks.errorlog import ErrorLogSink
-from .sinks.logging import LogSink
-from .sinks.metrics import BreakerStateCollector, MetricsSink, get_metrics
-from .sinks.sentry import SentrySink
-from .sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink, current_ids
 from .task import GuardedTask
 from .task_guard import APP_ATTRIBUTE, guard_of
 
@@ -190,7 +190,7 @@ class TelemetryGuard:
     @property
     def resilient_request(self) -> Any:
         """The HTTP task, once ``register_resilient_request(app)`` registered it (it is opt-in)."""
-        from .http import DEFAULT_NAME as HTTP_TASK_NAME  # an extra: imported when asked for
+        from ..http import DEFAULT_NAME as HTTP_TASK_NAME  # an extra: imported when asked for
 
         task = self.app.tasks.get(HTTP_TASK_NAME)
         if task is None:

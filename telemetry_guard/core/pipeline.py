@@ -2,7 +2,7 @@
 
 An exception and its task context go through :func:`decide` (retry or give up, and why)
 and :class:`EventBuilder` (classify, route, redact, bound) into the one
-:class:`~telemetry_guard.events.FailureEvent` the dispatcher hands to every sink. The
+:class:`~telemetry_guard.core.events.FailureEvent` the dispatcher hands to every sink. The
 Celery integration (``GuardedTask``, the signal receivers) calls these two and nothing else
 of the pipeline. Tasks and requests are read by attribute (``name``, ``severity``,
 ``throws``, ``routes``; ``id``, ``retries``, ``delivery_info``, ``hostname``).

@@ -14,19 +14,19 @@ from celery import Task
 from celery.app.autoretry import add_autoretry_behaviour
 from celery.exceptions import Ignore, Reject, Retry
 
+from ..breaker import CircuitBreaker, get_breaker
+from ..core.callbacks import outcome_for
+from ..core.classify import Severity
+from ..core.pipeline import decide
+from ..core.policy import RetryPolicy
+from ..core.redact import exception_message
+from ..exceptions import CircuitOpenError, UnpicklableTaskError
 from . import log_context
-from .breaker import CircuitBreaker, get_breaker
-from .callbacks import outcome_for
 from .celery_retry import (
     UNBOUNDED_RETRIES,
     explicit_celery_retry_options,
     gave_up_in_celery_retry,
 )
-from .classify import Severity
-from .exceptions import CircuitOpenError, UnpicklableTaskError
-from .pipeline import decide
-from .policy import RetryPolicy
-from .redact import exception_message
 from .task_guard import TaskGuard, guard_of
 
 _PASS_THROUGH = (Retry, Ignore, Reject)
@@ -42,7 +42,7 @@ class GuardedTask(Task):  # type: ignore[misc]
     """
 
     #: Reports a child lost mid-task that Celery requeues (no signal tells it).
-    Request = "telemetry_guard.request:GuardedRequest"
+    Request = "telemetry_guard.integration.request:GuardedRequest"
     retry_policy: RetryPolicy | None = None
     severity: Severity | str | None = None
     breaker: Any = None

@@ -10,14 +10,16 @@ from celery import signals
 from celery.exceptions import Reject, TimeLimitExceeded
 from opentelemetry import trace
 
-from . import callbacks, exposition, log_context
-from .celery_retry import celery_max_retries, gave_up_in_celery_retry
-from .sinks.tracing import (
+from ..core import callbacks
+from ..sinks import exposition
+from ..sinks.tracing import (
     annotate_instrumentation_span,
     inject_headers,
     opened_by_instrumentation,
     scrub_instrumentation_span,
 )
+from . import log_context
+from .celery_retry import celery_max_retries, gave_up_in_celery_retry
 from .task import GuardedTask
 from .task_guard import SignalGuard
 

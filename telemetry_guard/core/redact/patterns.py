@@ -1,6 +1,6 @@
 """What a secret in free text looks like: the scrubber's patterns and how a hidden value is shown.
 
-:meth:`~telemetry_guard.redact.Redactor.redact_text` scrubs free text: PEM private-key blocks
+:meth:`~telemetry_guard.core.redact.Redactor.redact_text` scrubs free text: PEM private-key blocks
 (whole), JWTs, well-known API key shapes, ``Bearer``/``Basic`` credentials, URL passwords (the
 userinfo ends at the last ``@`` before the host, so passwords may hold ``/`` and ``@``), and
 ``name=value``, ``name: value``, ``"name": "value"`` (also with escaped quotes) and

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .stores.scripts import bind, lua
+from .scripts import bind, lua
 
 #: The stream's name after the key prefix.
 DEAD_STREAM = "dead"

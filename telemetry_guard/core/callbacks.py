@@ -16,8 +16,8 @@ from typing import Any
 
 from celery.signals import task_postrun
 
+from ..exceptions import TaskMemoryError
 from .events import FailureEvent
-from .exceptions import TaskMemoryError
 
 ErrorCallback = Callable[[BaseException, FailureEvent], Any]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .redact import REDACTED, Redactor
+from ..core.redact import REDACTED, Redactor
 
 #: Span and event attributes whose text keeps its end when cut (the last frames matter).
 TAIL_KEYS = frozenset({"exception.stacktrace"})

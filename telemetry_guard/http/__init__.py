@@ -19,16 +19,16 @@ never a header. The parts live in ``telemetry_guard.extras``: the httpx client
 
 from __future__ import annotations
 
-from .extras._host_breakers import MAX_HOST_BREAKERS, HostBreakers, breaker_name, host_breakers
-from .extras._http_cache import CACHE_SOCKET_TIMEOUT, DEFAULT_CACHE_TTL, cache_key
-from .extras._http_client import (
+from ._host_breakers import MAX_HOST_BREAKERS, HostBreakers, breaker_name, host_breakers
+from ._http_cache import CACHE_SOCKET_TIMEOUT, DEFAULT_CACHE_TTL, cache_key
+from ._http_client import (
     CREDENTIAL_HEADERS,
     MAX_BODY_BYTES,
     SCHEMES,
     parse_retry_after,
     safe_url,
 )
-from .extras._http_errors import (
+from ._http_errors import (
     HTTPClientError,
     HTTPConnectionError,
     HTTPStatusError,
@@ -36,7 +36,7 @@ from .extras._http_errors import (
     TransientHTTPError,
     status_error,
 )
-from .extras._resilient_request import (
+from ._resilient_request import (
     DEFAULT_NAME,
     HTTP_RETRY_POLICY,
     CachedFallback,

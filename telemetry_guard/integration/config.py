@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.channels import EMAIL, SENTRY
+from ..core.policy import RetryPolicy
+from ..core.redact import DEFAULT_REDACT_KEYS, parse_redact_keys
+from ..stores.budget import BudgetConfig
 from .brokers import default_redelivery_horizon, redis_url_of
-from .budget import BudgetConfig
-from .channels import EMAIL, SENTRY
-from .policy import RetryPolicy
-from .redact import DEFAULT_REDACT_KEYS, parse_redact_keys
 
 CONF_PREFIX = "telemetry_guard_"
 ENV_PREFIX = "TELEMETRY_GUARD_"

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from .sinks.tracing import span_ids
+from ..sinks.tracing import span_ids
 
 Tokens = Mapping[str, contextvars.Token[Any]]
 

@@ -15,7 +15,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import MaxRetriesExceededError
 
-from .policy import RetryPolicy
+from ..core.policy import RetryPolicy
 
 #: Task options through which Celery retries a task (its docs: "Automatic retry").
 CELERY_RETRY_OPTIONS = (

@@ -1,0 +1,1 @@
+"""The failure pipeline, pure: no Celery, no Redis."""

@@ -1,0 +1,1 @@
+"""Celery: TelemetryGuard composes everything; GuardedTask, signals, request."""
