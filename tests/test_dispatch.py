@@ -10,11 +10,11 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from telemetry_guard import dispatch
+from telemetry_guard.core import dispatch
 from telemetry_guard.core.classify import Severity
 from telemetry_guard.core.dispatch import ERROR_LOG_INTERVAL, Dispatcher
 from telemetry_guard.core.events import BreakerChange, FailureEvent
-from telemetry_guard.sinks.base import Sink
+from telemetry_guard.core.sink import Sink
 from telemetry_guard.sinks.metrics import get_metrics
 
 _names = itertools.count()

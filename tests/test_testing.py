@@ -13,8 +13,8 @@ from telemetry_guard import (
     RetryPolicy,
     Severity,
     TelemetryGuard,
-    dispatch,
 )
+from telemetry_guard.core import dispatch
 from telemetry_guard.testing import capture_events
 
 QUICK = RetryPolicy(max_retries=2, base_delay=0, max_delay=0.01)

@@ -9,8 +9,8 @@ from typing import Any
 
 import structlog
 
-from ..sinks.base import Sink
 from .events import BreakerChange, FailureEvent
+from .sink import Sink
 
 #: At most one log line per sink per this many seconds about its failures.
 ERROR_LOG_INTERVAL = 60.0

@@ -7,8 +7,10 @@ took 3-4x longer to finish than full jitter.
 
 from __future__ import annotations
 
+import importlib
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -158,6 +160,31 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY_POLICY = RetryPolicy()
+
+
+def policy_from_setting(raw: Any) -> RetryPolicy:
+    """A RetryPolicy from a setting: one as it is, or a dict of its fields, where
+    ``retry_on``/``dont_retry_on`` may name exception classes (``"module.Class"``)."""
+    if isinstance(raw, RetryPolicy):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise ValueError("must be a RetryPolicy or a dict of its fields")
+    fields = dict(raw)
+    for key in ("retry_on", "dont_retry_on"):
+        if key in fields:
+            names = fields[key]
+            names = [names] if isinstance(names, str) else names
+            fields[key] = tuple(_import_class(n) if isinstance(n, str) else n for n in names)
+    return RetryPolicy(**fields)
+
+
+def _import_class(dotted: str) -> type:
+    """Import ``module.Class`` (or a builtin name such as ``ConnectionError``)."""
+    module, _, name = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module or "builtins"), name)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError):
+        raise ValueError(f"cannot import exception class {dotted!r}") from None
 
 
 def cap_below_horizon(delay: float, horizon: float | None) -> float:

@@ -8,7 +8,6 @@ the environment variable ``TELEMETRY_GUARD_<KEY>``, the ``app.conf`` key
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.channels import EMAIL, SENTRY
-from ..core.policy import RetryPolicy
+from ..core.policy import RetryPolicy, policy_from_setting
 from ..core.redact import DEFAULT_REDACT_KEYS, parse_redact_keys
 from ..stores.budget import BudgetConfig
 from .brokers import default_redelivery_horizon, redis_url_of
@@ -175,7 +174,7 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
                 return raw.strip().lower() in ("1", "true", "yes", "on")
             return bool(raw)
         if name == "default_retry_policy":
-            return _retry_policy(raw)
+            return policy_from_setting(raw)
         if name == "routes":
             return _routes(raw)
         if name == "retry_budget":
@@ -217,29 +216,6 @@ def _routes(raw: Any) -> dict[str, tuple[str, ...]]:
             sinks = [sinks]
         routes[key] = tuple(str(s) for s in sinks)
     return routes
-
-
-def _retry_policy(raw: Any) -> RetryPolicy:
-    if isinstance(raw, RetryPolicy):
-        return raw
-    if not isinstance(raw, Mapping):
-        raise ValueError("must be a RetryPolicy or a dict of its fields")
-    fields = dict(raw)
-    for key in ("retry_on", "dont_retry_on"):
-        if key in fields:
-            names = fields[key]
-            names = [names] if isinstance(names, str) else names
-            fields[key] = tuple(_import_class(n) if isinstance(n, str) else n for n in names)
-    return RetryPolicy(**fields)
-
-
-def _import_class(dotted: str) -> type:
-    """Import ``module.Class`` (or a builtin name such as ``ConnectionError``)."""
-    module, _, name = dotted.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module or "builtins"), name)  # type: ignore[no-any-return]
-    except (ImportError, AttributeError):
-        raise ValueError(f"cannot import exception class {dotted!r}") from None
 
 
 def _redelivery_horizon(conf: Any) -> float | None:

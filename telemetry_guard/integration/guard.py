@@ -19,8 +19,8 @@ from ..core.pipeline import EventBuilder, Routing
 from ..core.policy import RetryPolicy, cap_below_horizon
 from ..core.redact import Redactor
 from ..core.routing import Router
+from ..core.sink import Sink
 from ..notify import NOTIFY_TASK_NAME, Notifier, register_notify_task
-from ..sinks.base import Sink
 from ..sinks.email import EmailSink
 from ..sinks.errorlog import ErrorLogSink
 from ..sinks.logging import LogSink

@@ -10,8 +10,7 @@ from typing import Any
 import redis
 
 from ..core.classify import Severity
-from ..core.policy import RetryPolicy
-from ..integration.config import _retry_policy
+from ..core.policy import RetryPolicy, policy_from_setting
 from .message import header_text
 
 #: Errors a later attempt can fix: SMTP replies (4xx/5xx), refused connections, timeouts,
@@ -107,7 +106,7 @@ def _notify_policy(email: Mapping[str, Any]) -> RetryPolicy:
     elif isinstance(raw, RetryPolicy):
         policy = raw
     elif isinstance(raw, Mapping):
-        policy = _retry_policy({"retry_on": RETRYABLE_ERRORS, **raw})
+        policy = policy_from_setting({"retry_on": RETRYABLE_ERRORS, **raw})
     else:
         raise ValueError("telemetry_guard setting 'email': retry_policy must be a RetryPolicy "
                          "or a dict of its fields")

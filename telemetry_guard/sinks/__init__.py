@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .base import Sink
+from ..core.sink import Sink
 
 __all__ = ["Sink"]

@@ -28,8 +28,8 @@ from kombu.entity import Exchange, Queue
 
 from ..core.channels import EMAIL
 from ..core.events import FailureEvent
+from ..core.sink import Sink
 from ..stores.background import BackgroundWriter, ItemQueue
-from .base import Sink
 
 CHANNEL = EMAIL
 #: Highest priority on kombu's Redis transport (lower numbers are served first).

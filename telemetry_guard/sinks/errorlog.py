@@ -18,11 +18,11 @@ from kombu.utils.json import dumps as kombu_dumps
 
 from ..core.events import FailureEvent
 from ..core.redact import Redactor, safe_repr
+from ..core.sink import Sink
 from ..stores.background import BackgroundWriter, ItemQueue
 from ..stores.dead_letters import DEAD_STREAM, TASK_FIELD, Added, dead_fields, index_key
 from ..stores.redis_client import redis_client
 from ..stores.scripts import bind
-from .base import Sink
 
 if TYPE_CHECKING:
     import redis

@@ -10,7 +10,7 @@ import structlog
 from opentelemetry import trace
 
 from ..core.events import BreakerChange, FailureEvent
-from .base import Sink
+from ..core.sink import Sink
 
 LOGGER_NAME = "telemetry_guard"
 

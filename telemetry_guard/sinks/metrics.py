@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from ..core.events import BreakerChange, FailureEvent
-from .base import Sink
+from ..core.sink import Sink
 
 OTHER = "other"
 RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,

@@ -54,7 +54,7 @@ from ..core.channels import SENTRY
 from ..core.classify import Severity
 from ..core.events import FailureEvent
 from ..core.redact import Redactor
-from .base import Sink
+from ..core.sink import Sink
 from .sentry_redaction import OWN_EVENT_HINT, ErrorReporter, EventDict, event_values, redacted
 
 if TYPE_CHECKING:

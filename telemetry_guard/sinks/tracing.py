@@ -12,7 +12,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ..core.events import BreakerChange, FailureEvent
-from .base import Sink
+from ..core.sink import Sink
 
 TRACER_NAME = "telemetry_guard"
 #: The span name opentelemetry-instrumentation-celery gives a task run.

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import NoScriptError
 
-from ..sinks.base import Sink
+from ..core.sink import Sink
 from .background import BackgroundWriter, Tally
 from .redis_client import redis_client
 from .scripts import bind
