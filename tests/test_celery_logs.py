@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import sys
+import traceback
 from collections.abc import Iterator
 
 import pytest
@@ -62,3 +63,39 @@ def test_uninstalled_scrubber_no_longer_touches_records() -> None:
     scrubber.uninstall()
     for name in scrubber.loggers:
         assert scrubber not in logging.getLogger(name).filters
+
+
+def test_celerys_failure_context_is_scrubbed_once_and_its_identifiers_kept() -> None:
+    """``raised unexpected``: Celery's own formatted traceback becomes the record's scrubbed
+    ``exc_text`` (scrubbed once, not formatted again); the task's name and id stay as sent."""
+    logger = logging.getLogger("celery.app.trace")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    seen: list[str] = []
+    redactor = Redactor()
+
+    def scrub_traceback(text: str) -> str:
+        seen.append(text)
+        return redactor.redact_tail(text)
+
+    scrubber = CeleryLogScrubber(redactor.redact_text, scrub_traceback).install()
+    logger.addHandler(handler)
+    try:
+        try:
+            raise PermissionError(f"denied: api_key={TOKEN}")
+        except PermissionError as exc:
+            context = {"hostname": "w@h", "id": "id-1", "name": "t.secretive",
+                       "exc": repr(exc), "traceback": "".join(traceback.format_exception(exc)),
+                       "args": f"('{TOKEN}',)", "kwargs": "{}", "description": "raised unexpected",
+                       "internal": False}
+            logger.error("Task %(name)s[%(id)s] %(description)s: %(exc)s", context,
+                         exc_info=sys.exc_info(), extra={"data": context})
+    finally:
+        logger.removeHandler(handler)
+        scrubber.uninstall()
+    text = stream.getvalue()
+    assert "Task t.secretive[id-1] raised unexpected: PermissionError(" in text
+    assert "Traceback (most recent call last)" in text and "raise PermissionError" in text
+    assert TOKEN not in text
+    assert len(seen) == 1 and seen[0] == context["traceback"].rstrip("\n")

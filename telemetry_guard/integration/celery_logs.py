@@ -4,9 +4,10 @@ A worker logs every failure itself (``celery.app.trace``: ``Task x[id] raised un
 OSError('... token=...')`` with the traceback, the task's args and kwargs; ``celery.worker.request``
 for lost children and retries). That log is what log search indexes, so with the guard installed
 those records pass through the guard's scrubber: the message arguments, the ``data`` extra Celery
-attaches, and the traceback text (formatted once and scrubbed; ``exc_info`` is then dropped so no
-handler formats the raw exception again). Records without failure content, such as ``succeeded in``
-lines, are left alone. ``telemetry_guard_redact_celery_logs = False`` turns this off.
+attaches, and the traceback text (Celery's own, scrubbed once for both; ``exc_info`` is then
+dropped so no handler formats the raw exception again). Records without failure content,
+such as ``succeeded in`` lines, are left alone. ``telemetry_guard_redact_celery_logs =
+False`` turns this off.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any
 
 #: The Celery loggers that print task failures and retries.
 CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.request")
+
+#: Fields of Celery's log context that name the task, never carry its data: not scrubbed.
+CELERY_IDENTIFIERS = frozenset({"hostname", "id", "name", "description", "internal"})
 
 _FORMATTER = logging.Formatter()
 
@@ -75,8 +79,10 @@ class CeleryLogScrubber(logging.Filter):
 
     def _scrub_record(self, record: logging.LogRecord) -> None:
         args, data = record.args, getattr(record, "data", None)
+        traceback = None
         if isinstance(args, dict):
-            scrubbed = {key: self._value(value) for key, value in args.items()}
+            traceback = self._traceback_of(record, args)
+            scrubbed = {key: self._field(key, value, traceback) for key, value in args.items()}
             record.args = scrubbed  # type: ignore[assignment]
             if data is args:
                 record.data = scrubbed
@@ -85,12 +91,29 @@ class CeleryLogScrubber(logging.Filter):
         elif isinstance(record.msg, str):
             record.msg = self.scrub(record.msg)
         if isinstance(data, dict) and data is not args:
-            record.data = {key: self._value(value) for key, value in data.items()}
-        if record.exc_info:
+            record.data = {key: self._field(key, value, None) for key, value in data.items()}
+        if traceback is not None:
+            record.exc_text, record.exc_info = traceback, None
+        elif record.exc_info:
             text = record.exc_text or _FORMATTER.formatException(record.exc_info)
             record.exc_text, record.exc_info = self.scrub_traceback(text), None
         elif record.exc_text:
             record.exc_text = self.scrub_traceback(record.exc_text)
+
+    def _traceback_of(self, record: logging.LogRecord, context: dict[str, Any]) -> str | None:
+        """The traceback Celery already formatted (``context["traceback"]``), scrubbed once
+        for both the context and the record's ``exc_text``; None when it has none."""
+        text = context.get("traceback")
+        if not (record.exc_info and not record.exc_text and isinstance(text, str) and text):
+            return None
+        return self.scrub_traceback(text.rstrip("\n"))
+
+    def _field(self, key: str, value: Any, traceback: str | None) -> Any:
+        if key in CELERY_IDENTIFIERS:
+            return value
+        if key == "traceback" and traceback is not None:
+            return traceback
+        return self._value(value)
 
     def _value(self, value: Any) -> Any:
         if value is None or isinstance(value, (bool, int, float)):
