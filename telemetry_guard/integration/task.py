@@ -144,52 +144,81 @@ class GuardedRun:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Left out of the stacks Sentry (and pytest) show: the task's own frames come first,
-        # so Sentry groups a task's errors the same with or without GuardedTask.
+        # so Sentry groups a task's errors the same with or without GuardedTask. Short on
+        # purpose: billiard copies every frame of a failure's traceback, this one included.
         __tracebackhide__ = True  # noqa: F841
-        task = self.task
-        body = self.__wrapped__
-        request = task.request
-        if request.called_directly:
-            return body(*args, **kwargs)
-        guard = _guard_of(task)
-        if guard is None:  # no guard: the task runs as a plain Celery task
-            return body(*args, **kwargs)
-        if guard.retry_budget is not None and not request.retries:
-            guard.retry_budget.deposit(task.name)
-        span = guard.start_span(task, request)
-        # Bound already when the task started, unless the span is ours (new) or the
-        # instrumentation opened its own after the guard's task_prerun receiver ran.
-        span_ids = (log_context.bind_span(span.span) if span is not None and (
-            span.owned or not log_context.trace_bound(request.id)) else None)
-        started = time.perf_counter()
+        attempt = _Attempt.begin(self.task)
+        if attempt is None:  # called directly, or no guard: a plain call
+            return self.__wrapped__(*args, **kwargs)
         try:
-            if task.breaker is None:
-                result = body(*args, **kwargs)
+            if self.task.breaker is None:
+                result = self.__wrapped__(*args, **kwargs)
             else:
-                result = resolve_breaker(task.breaker).call(body, *args, **kwargs)
-        except _PASS_THROUGH as exc:
-            guard.runtime(task.name, "retry").observe(time.perf_counter() - started)
-            if isinstance(exc, Retry):  # Celery's autoretry or a manual self.retry()
-                guard.record_celery_retry(task, exc, request=request, args=args, kwargs=kwargs)
-            raise
-        except CircuitOpenError as exc:
-            return task._on_breaker_open(guard, exc, args, kwargs)
+                result = resolve_breaker(self.task.breaker).call(self.__wrapped__, *args, **kwargs)
         except Exception as exc:
             # Raised here, not in a helper: every frame added to the traceback is one
             # more that Celery copies (billiard's ExceptionInfo) on each failure.
-            outcome = task._on_exception(guard, exc, args, kwargs, time.perf_counter() - started)
+            outcome = attempt.failed(exc, args, kwargs)
             if outcome is _RERAISE:
                 raise
             if isinstance(outcome, _Raise):
                 raise outcome.exception from None
             return outcome
         finally:
-            if span is not None:
-                span.end()
-            if span_ids:
-                log_context.restore(span_ids)
-        guard.runtime(task.name, "success").observe(time.perf_counter() - started)
+            attempt.end()
+        attempt.succeeded()
         return result
+
+
+class _Attempt:
+    """One guarded run of a task: its guard, span and start time."""
+
+    __slots__ = ("task", "guard", "request", "span", "span_ids", "started")
+
+    def __init__(self, task: GuardedTask, guard: TaskGuard, request: Any) -> None:
+        self.task, self.guard, self.request = task, guard, request
+        if guard.retry_budget is not None and not request.retries:
+            guard.retry_budget.deposit(task.name)
+        span = self.span = guard.start_span(task, request)
+        # Bound already when the task started, unless the span is ours (new) or the
+        # instrumentation opened its own after the guard's task_prerun receiver ran.
+        self.span_ids = (log_context.bind_span(span.span) if span is not None and (
+            span.owned or not log_context.trace_bound(request.id)) else None)
+        self.started = time.perf_counter()
+
+    @classmethod
+    def begin(cls, task: GuardedTask) -> _Attempt | None:
+        """The attempt now starting; None when called directly or the app has no guard."""
+        request = task.request
+        if request.called_directly:
+            return None
+        guard = _guard_of(task)
+        return None if guard is None else cls(task, guard, request)
+
+    def failed(self, exc: Exception, args: Any, kwargs: Any) -> Any:
+        """What the run returns or raises instead (``_RERAISE``, a ``_Raise``, a value)."""
+        task, guard = self.task, self.guard
+        if isinstance(exc, _PASS_THROUGH):
+            guard.runtime(task.name, "retry").observe(time.perf_counter() - self.started)
+            if isinstance(exc, Retry):  # Celery's autoretry or a manual self.retry()
+                guard.record_celery_retry(task, exc, request=self.request, args=args,
+                                          kwargs=kwargs)
+            return _RERAISE
+        if isinstance(exc, CircuitOpenError):
+            return task._on_breaker_open(guard, exc, args, kwargs)
+        return task._on_exception(guard, exc, args, kwargs, time.perf_counter() - self.started)
+
+    def end(self) -> None:
+        """End the span and restore the log context, however the run ended."""
+        if self.span is not None:
+            self.span.end()
+        if self.span_ids:
+            log_context.restore(self.span_ids)
+
+    def succeeded(self) -> None:
+        """Time a successful run."""
+        self.guard.runtime(self.task.name, "success").observe(
+            time.perf_counter() - self.started)
 
 
 _RERAISE = object()
