@@ -69,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
                       BENCH_LOG_DIR=logdir)
     try:
         from benchmarks.apps import bare, guarded
-        from telemetry_guard.integration.task import build_failure_event, format_traceback
+        from telemetry_guard.core.tracebacks import format_traceback
         from telemetry_guard.sinks.tracing import TRACER_NAME, TaskSpan
 
         guarded.set_up_telemetry()
-        guard = guarded.app._telemetry_guard
+        guard = guarded.app._telemetry_guard  # noqa: SLF001
         task = guarded.noop
         request = dict(id=str(uuid.uuid4()), retries=0, called_directly=False,
                        hostname="celery@bench",
@@ -122,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         guard.flush()
 
         def event_of() -> Any:
-            return build_failure_event(guard, task, exc, args=(4, 5), kwargs={}, request=req,
-                                       decision="give_up", reason="not_retryable",
-                                       max_retries=3)
+            return guard.events.build(task, exc, args=(4, 5), kwargs={}, request=req,
+                                      decision="give_up", reason="not_retryable",
+                                      max_retries=3)
 
         event = event_of()
-        row("  build_failure_event(...)", event_of, n_fail)
+        row("  guard.events.build(...)", event_of, n_fail)
         row("    format_traceback(exc)", lambda: format_traceback(exc), n_fail)
         row("    traceback_redactor.redact_text(traceback)",
             lambda: guard.traceback_redactor.redact_text(event.traceback), n_fail)
