@@ -28,6 +28,7 @@ from ..core.events import FailureEvent
 from ..integration.guard import TelemetryGuard
 from ..sinks.exposition import serve_metrics
 from ..sinks.logging import configure_logging
+from ..stores.redis_client import new_redis_client
 from .services import DownstreamService, MailCatcher, RedisServer
 from .summary import DemoResult, render_summary
 from .view import BreakerTransition, LiveView, LogTail, PlainView, Snapshot, make_view, read_metrics
@@ -291,7 +292,7 @@ def _newest_record(guard: TelemetryGuard, server: RedisServer | None,
     """The newest error-log record from the Redis Stream, else the newest failure event."""
     if server is not None:
         key = guard.settings.key_prefix + "errors"
-        client = redis.Redis.from_url(server.url, socket_timeout=5.0)
+        client = new_redis_client(server.url, timeout=5.0)
         entries: Any = []
         try:
             entries = client.xrevrange(key, count=50)

@@ -22,6 +22,8 @@ from typing import Any
 
 import redis
 
+from ..stores.redis_client import new_redis_client
+
 #: Seconds a private redis-server gets to answer PING.
 REDIS_START_TIMEOUT = 10.0
 
@@ -57,7 +59,7 @@ class RedisServer:
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.workdir],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+        client = new_redis_client(self.url, timeout=2.0, connect_timeout=0.2, retries=0)
         deadline = time.monotonic() + REDIS_START_TIMEOUT
         try:
             while time.monotonic() < deadline:

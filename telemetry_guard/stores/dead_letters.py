@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .scripts import bind, lua
+from .scripts import bind
 
 #: The stream's name after the key prefix.
 DEAD_STREAM = "dead"
@@ -73,8 +73,9 @@ class Added:
 def add_dead_letter(client: Any, stream_key: str, task: str, fields: dict[str, str],
                     maxlen: int) -> Added:
     """Add one dead letter now (one round trip), trimming only ``task``'s oldest entries."""
-    reply = client.eval(lua("dead_letter_add"), 2, stream_key, index_key(stream_key, task),
-                        maxlen, *dead_fields(task, fields))
+    add = bind(client, "dead_letter_add")
+    reply = add(keys=[stream_key, index_key(stream_key, task)],
+                args=[maxlen, *dead_fields(task, fields)])
     return Added.of(reply)
 
 
