@@ -81,7 +81,8 @@ def load_app(path: str) -> Any:
 def settings_of(app: Any) -> Settings:
     """The app's telemetry_guard settings: its guard's, else resolved as a guard would
     (keyword settings aside, which only a guard holds). Builds no guard."""
-    guard = getattr(app, "_telemetry_guard", None)
+    from ..integration.task_guard import guard_of
+    guard = guard_of(app)
     if guard is not None:
         return guard.settings  # type: ignore[no-any-return]
     from ..integration.config import Settings
@@ -130,9 +131,11 @@ class CliContext:
         Only for commands that change breakers: their transitions are told (logs, metrics,
         Sentry, e-mail) through the guard, which also gives app breakers their Redis.
         """
+        from ..integration.task_guard import guard_of
+
         app = self.get_app()
         with one_line_errors(self.where):
-            guard = getattr(app, "_telemetry_guard", None)
+            guard = guard_of(app)
             if guard is None:
                 from ..integration.guard import TelemetryGuard
 

@@ -171,8 +171,10 @@ def workers_tasks(app: Any, settings: Any) -> Mapping[str, Any]:
     """The tasks the app's workers run: its registry and, when its module made no guard,
     those a guard adds (``telemetry_guard.notify`` when e-mail is configured), which this
     process does not build a guard to register."""
+    from ..integration.task_guard import guard_of
+
     tasks = registered_tasks(app)
-    if (getattr(app, "_telemetry_guard", None) is not None or not settings.email
+    if (guard_of(app) is not None or not settings.email
             or NOTIFY_TASK in tasks):
         return tasks
     from ..sinks.email import notification_priority
