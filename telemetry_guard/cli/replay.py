@@ -177,10 +177,7 @@ def workers_tasks(app: Any, settings: Any) -> Mapping[str, Any]:
     if (guard_of(app) is not None or not settings.email
             or NOTIFY_TASK in tasks):
         return tasks
-    from ..sinks.email import notification_priority
+    from ..notify.task import send_options
 
-    conf = app.conf
-    notify = GuardTask(NOTIFY_TASK, {  # as notify.register_notify_task sets them
-        "queue": settings.notification_queue,
-        "priority": notification_priority(conf.broker_write_url or conf.broker_url)})
+    notify = GuardTask(NOTIFY_TASK, send_options(app, settings.notification_queue))
     return {**tasks, NOTIFY_TASK: notify}

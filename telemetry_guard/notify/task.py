@@ -42,8 +42,12 @@ def register_notify_task(app: Any, notifier: Notifier, *, queue: str) -> Any:
     if not isinstance(task, NotifyTask):
         raise RuntimeError(f"the app already has a task named {NOTIFY_TASK_NAME!r}")
     task.notifier = notifier
-    conf = app.conf
-    task.send_options = {
-        "queue": queue,
-        "priority": notification_priority(conf.broker_write_url or conf.broker_url)}
+    task.send_options = send_options(app, queue)
     return task
+
+
+def send_options(app: Any, queue: str) -> dict[str, Any]:
+    """``apply_async`` options of a notification: its queue, the broker's top priority."""
+    conf = app.conf
+    return {"queue": queue,
+            "priority": notification_priority(conf.broker_write_url or conf.broker_url)}
