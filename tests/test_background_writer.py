@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +14,9 @@ from typing import Any
 import pytest
 
 from telemetry_guard.stores.background import BackgroundWriter, ItemQueue, Tally
+from tests.forking import in_child
 from tests.servers import wait_for
 
-FORK = multiprocessing.get_context("fork")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,24 +65,6 @@ def make() -> Iterator[Made]:
     yield build
     for writer in made:
         writer.close(timeout=1.0)
-
-
-def in_child(target: Callable[[], object]) -> object:
-    """Run ``target`` in a forked child; return its result or fail with its traceback."""
-    results = FORK.Queue()
-
-    def main() -> None:
-        try:
-            results.put(("ok", target()))
-        except BaseException:
-            results.put(("error", traceback.format_exc()))
-
-    child = FORK.Process(target=main)
-    child.start()
-    status, value = results.get(timeout=20)
-    child.join(10)
-    assert status == "ok", value
-    return value
 
 
 # -- the buffers ---------------------------------------------------------------------------

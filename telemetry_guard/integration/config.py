@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.brokers import default_redelivery_horizon, redis_url_of
 from ..core.channels import EMAIL, SENTRY
 from ..core.policy import RetryPolicy, policy_from_setting
 from ..core.redact import DEFAULT_REDACT_KEYS, parse_redact_keys
 from ..stores.budget import BudgetConfig
-from .brokers import default_redelivery_horizon, redis_url_of
 
 CONF_PREFIX = "telemetry_guard_"
 ENV_PREFIX = "TELEMETRY_GUARD_"

@@ -26,6 +26,7 @@ from typing import Any
 
 from kombu.entity import Exchange, Queue
 
+from ..core.brokers import AMQP_SCHEMES, REDIS_SCHEMES, broker_scheme
 from ..core.channels import EMAIL
 from ..core.events import FailureEvent
 from ..core.sink import Sink
@@ -38,20 +39,9 @@ REDIS_PRIORITY = 0
 AMQP_PRIORITY = 9
 #: ``x-max-priority`` of the notification queue on RabbitMQ.
 AMQP_MAX_PRIORITY = 10
-REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel", "redis+socket"})
-AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "librabbitmq"})
 #: Publishing must not hold the failing task long: one quick retry on a stale connection.
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.0, "interval_step": 0.2,
                         "interval_max": 0.2}
-
-
-def broker_scheme(broker_url: Any) -> str:
-    """The transport name of a broker URL (``amqp`` when none is set, as in Celery)."""
-    if isinstance(broker_url, (list, tuple)):
-        broker_url = broker_url[0] if broker_url else None
-    if not broker_url:
-        return "amqp"
-    return str(broker_url).split(";", 1)[0].split("://", 1)[0].lower()
 
 
 def notification_priority(broker_url: Any) -> int | None:

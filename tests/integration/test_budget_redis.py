@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import multiprocessing
 import time
 import traceback
 import uuid
@@ -24,11 +23,11 @@ from telemetry_guard.stores.budget import (
     advance,
 )
 from telemetry_guard.stores.scripts import lua
+from tests.forking import FORK, in_child
 from tests.servers import free_port, start_redis, wait_for
 
 SCRIPT = lua(SCRIPT_NAME)
 
-FORK = multiprocessing.get_context("fork")
 WORKERS = 4
 #: Seconds between two first attempts in one worker, and how long the storm lasts.
 PERIOD = 0.01
@@ -63,25 +62,6 @@ def make_budget(redis_url: str) -> Iterator[Callable[..., tuple[RetryBudget, Err
     yield make
     for budget in made:
         budget.close()
-
-
-def in_child(target: Callable[[], object]) -> object:
-    """Run ``target`` in a forked child; return its result or fail with its traceback."""
-    results = FORK.Queue()
-
-    def main() -> None:
-        try:
-            results.put(("ok", target()))
-        except BaseException:
-            results.put(("error", traceback.format_exc()))
-
-    child = FORK.Process(target=main)
-    child.start()
-    status, value = results.get(timeout=20)
-    child.join(10)
-    assert status == "ok", value
-    assert child.exitcode == 0
-    return value
 
 
 # -- the fleet-wide ratio ------------------------------------------------------------------
