@@ -18,8 +18,8 @@ _EXPORTS = {
     "Severity": ".core.classify", "TaskMemoryError": ".exceptions",
     "TelemetryGuard": ".integration.guard", "UnpicklableTaskError": ".exceptions",
     "classify": ".core.classify", "configure_logging": ".sinks.logging",
-    "recycle_on_memory_error": ".core.callbacks", "register_resilient_request": ".http",
-    "reset_connection_pool": ".core.callbacks",
+    "recycle_on_memory_error": ".integration.callbacks", "register_resilient_request": ".http",
+    "reset_connection_pool": ".integration.callbacks",
 }
 BreakerChange: _Any
 CircuitBreaker: _Any

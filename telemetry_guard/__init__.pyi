@@ -1,7 +1,5 @@
 # The package's public names for type checkers; __init__.py imports each on first use.
 from .breaker import CircuitBreaker as CircuitBreaker
-from .core.callbacks import recycle_on_memory_error as recycle_on_memory_error
-from .core.callbacks import reset_connection_pool as reset_connection_pool
 from .core.classify import Classifier as Classifier
 from .core.classify import Severity as Severity
 from .core.classify import classify as classify
@@ -12,6 +10,8 @@ from .exceptions import CircuitOpenError as CircuitOpenError
 from .exceptions import TaskMemoryError as TaskMemoryError
 from .exceptions import UnpicklableTaskError as UnpicklableTaskError
 from .http import register_resilient_request as register_resilient_request
+from .integration.callbacks import recycle_on_memory_error as recycle_on_memory_error
+from .integration.callbacks import reset_connection_pool as reset_connection_pool
 from .integration.guard import TelemetryGuard as TelemetryGuard
 from .integration.task import GuardedTask as GuardedTask
 from .sinks.logging import configure_logging as configure_logging

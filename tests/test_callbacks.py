@@ -8,7 +8,7 @@ from celery import Celery
 from prometheus_client import REGISTRY
 
 from telemetry_guard import GuardedTask, TelemetryGuard
-from telemetry_guard.core.callbacks import ErrorCallbacks, reset_connection_pool
+from telemetry_guard.integration.callbacks import ErrorCallbacks, reset_connection_pool
 from telemetry_guard.testing import capture_events
 
 

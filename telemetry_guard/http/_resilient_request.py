@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..breaker import CircuitBreaker
-from ..core.callbacks import outcome_for
 from ..core.policy import RetryPolicy
 from ..exceptions import CircuitOpenError
+from ..integration.callbacks import outcome_for
 from ..integration.task import GuardedTask
 from ..integration.task_guard import guard_of
 from . import _http_cache as http_cache

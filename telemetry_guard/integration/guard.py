@@ -10,7 +10,6 @@ import structlog
 from billiard.exceptions import WorkerLostError
 
 from .. import breaker
-from ..core.callbacks import ErrorCallback, ErrorCallbacks
 from ..core.channels import CHANNELS
 from ..core.classify import DEFAULT_CLASSIFIER, Classifier, Severity
 from ..core.dispatch import Dispatcher
@@ -28,6 +27,7 @@ from ..sinks.metrics import BreakerStateCollector, MetricsSink, get_metrics
 from ..sinks.sentry import SentrySink
 from ..sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink, current_ids
 from ..stores.budget import BudgetLifecycle, RetryBudget
+from .callbacks import ErrorCallback, ErrorCallbacks
 from .celery_logs import CeleryLogScrubber
 from .celery_retry import (
     celery_max_retries,

@@ -10,7 +10,6 @@ from celery import signals
 from celery.exceptions import Reject, TimeLimitExceeded
 from opentelemetry import trace
 
-from ..core import callbacks
 from ..sinks import exposition
 from ..sinks.tracing import (
     annotate_instrumentation_span,
@@ -18,7 +17,7 @@ from ..sinks.tracing import (
     opened_by_instrumentation,
     scrub_instrumentation_span,
 )
-from . import log_context
+from . import callbacks, log_context
 from .celery_retry import celery_max_retries, gave_up_in_celery_retry
 from .task import GuardedTask
 from .task_guard import SignalGuard

@@ -15,13 +15,13 @@ from celery.app.autoretry import add_autoretry_behaviour
 from celery.exceptions import Ignore, Reject, Retry
 
 from ..breaker import CircuitBreaker, get_breaker
-from ..core.callbacks import outcome_for
 from ..core.classify import Severity
 from ..core.pipeline import decide
 from ..core.policy import RetryPolicy
 from ..core.redact import exception_message
 from ..exceptions import CircuitOpenError, UnpicklableTaskError
 from . import log_context
+from .callbacks import outcome_for
 from .celery_retry import (
     UNBOUNDED_RETRIES,
     explicit_celery_retry_options,

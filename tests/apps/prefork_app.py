@@ -10,7 +10,7 @@ import redis
 from celery import Celery
 
 from telemetry_guard import GuardedTask, RetryPolicy, TelemetryGuard
-from telemetry_guard.core.callbacks import recycle_on_memory_error
+from telemetry_guard.integration.callbacks import recycle_on_memory_error
 
 BROKER = os.environ["TG_TEST_BROKER"]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from celery.signals import task_postrun
 
+from ..core.events import FailureEvent
 from ..exceptions import TaskMemoryError
-from .events import FailureEvent
 
 ErrorCallback = Callable[[BaseException, FailureEvent], Any]
 
