@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.events import BreakerChange, FailureEvent
+from .events import BreakerChange, FailureEvent
 
 
 class Sink:

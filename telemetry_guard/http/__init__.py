@@ -1,18 +1,9 @@
 """``resilient_request``: the built-in HTTP task — retries, a breaker per host, a cached fallback.
 
 An opt-in extra: an app has the task once :func:`register_resilient_request` registered it.
-Its errors (all named ``telemetry_guard.http.<name>``)::
-
-    Exception
-    ├── HTTPStatusError             a non-2xx answer: ``status``, ``url``, ``retry_after``
-    │   ├── HTTPClientError         4xx but 429 (or an unfollowed 3xx): never retried;
-    │   │                           a success for the host's breaker
-    │   └── TransientHTTPError      5xx and 429: retried, honouring ``Retry-After``
-    ├── HTTPConnectionError         (a ConnectionError) the host could not be reached
-    └── HTTPTimeoutError            (a TimeoutError) no answer within ``timeout``
-
-Messages and attributes name the status and the URL without userinfo, query or fragment;
-never a header. The parts live in ``telemetry_guard.extras``: the httpx client
+Its errors, all named ``telemetry_guard.http.<name>``, are drawn as a tree in
+``_http_errors``. Messages and attributes name the status and the URL without userinfo,
+query or fragment; never a header. The parts of this package: the httpx client
 (``_http_client``), the fallback cache (``_http_cache``), the host breakers
 (``_host_breakers``) and the task (``_resilient_request``).
 """

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import redis
 from redis.commands.core import Script
 
@@ -13,8 +11,6 @@ from ..stores.scripts import bind
 #: A suppressed count nobody reads (the failure never recurred) expires after a week.
 SUPPRESSED_TTL = 7 * 24 * 3600
 REDIS_TIMEOUT = 5.0
-#: The throttle's scripts, under ``stores/lua``.
-SCRIPTS = ("notify_acquire", "notify_release", "notify_settle")
 
 
 class NotificationThrottle:
@@ -24,9 +20,6 @@ class NotificationThrottle:
         self.redis_url = redis_url
         self.key_prefix = key_prefix
         self.window_ms = int(window * 1000)
-        self._client: redis.Redis | None = None
-        self._pid = 0
-        self._scripts: dict[str, Script] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -35,13 +28,9 @@ class NotificationThrottle:
 
     @property
     def client(self) -> redis.Redis:
-        """This process's Redis client (re-created after fork)."""
-        if self._client is None or self._pid != os.getpid():
-            assert self.redis_url is not None
-            self._scripts = None
-            self._client = redis_client(self.redis_url, timeout=REDIS_TIMEOUT, retries=0)
-            self._pid = os.getpid()
-        return self._client
+        """This process's Redis client (the factory's: a new one after fork)."""
+        assert self.redis_url is not None
+        return redis_client(self.redis_url, timeout=REDIS_TIMEOUT, retries=0)
 
     def slot_key(self, fingerprint: str) -> str:
         return f"{self.key_prefix}notify:throttle:{fingerprint}"
@@ -88,7 +77,4 @@ class NotificationThrottle:
 
     def _script(self, name: str) -> Script:
         """One of the throttle's scripts, bound to this process's client (EVALSHA)."""
-        client = self.client
-        if self._scripts is None:
-            self._scripts = {n: bind(client, n) for n in SCRIPTS}
-        return self._scripts[name]
+        return bind(self.client, name)

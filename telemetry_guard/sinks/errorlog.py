@@ -72,7 +72,6 @@ class ErrorLogSink(Sink):
         self.redactor = redactor or Redactor()
         self._report_error = report_error or (lambda sink, exc: None)
         self._on_evicted = on_evicted or (lambda task, count: None)
-        self._bound: tuple[redis.Redis, Script] | None = None
         # Wake on a timer rather than per record (fewer thread switches on the task's core,
         # larger batches per round trip), at once when a batch fills.
         self._writer = BackgroundWriter(
@@ -137,10 +136,7 @@ class ErrorLogSink(Sink):
     def _connection(self) -> tuple[redis.Redis, Script]:
         """This process's shared client and the dead-letter script bound to it."""
         client = redis_client(self.redis_url, timeout=SOCKET_TIMEOUT, retries=0)
-        bound = self._bound
-        if bound is None or bound[0] is not client:
-            bound = self._bound = (client, bind(client, "dead_letter_add"))
-        return bound
+        return client, bind(client, "dead_letter_add")
 
     # -- lifecycle ---------------------------------------------------------------------
     def after_fork(self) -> None:

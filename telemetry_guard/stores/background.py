@@ -167,19 +167,7 @@ class BackgroundWriter(Generic[P]):
 
     def add(self, item: Any) -> None:
         """Buffer ``item`` (no I/O); an item the buffer refuses is dropped and reported."""
-        if self._pid != os.getpid():
-            self.reset()
-        with self._lock:
-            pending = self._pending
-            before = len(pending)
-            accepted = pending.add(item)
-            after = len(pending)
-            if (before == 0 < after) or before < self._wake_at <= after:
-                self._cond.notify()
-        if not accepted:
-            self._dropped(1)
-        if self._thread is None:
-            self._start()
+        self.add_all((item,))
 
     def add_all(self, items: Iterable[Any]) -> None:
         """Buffer several items at once: the writer is woken at most once for them."""

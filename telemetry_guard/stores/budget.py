@@ -43,7 +43,6 @@ outage must not bank retries for later), and each failure is reported as
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from time import monotonic
@@ -189,7 +188,6 @@ class RetryBudget:
         self._args = (repr(config.ratio), repr(config.min_retries_per_second),
                       repr(config.ttl), str(max(1, round(EXPIRE_TTLS * config.ttl * 1000))))
         self._report_error = report_error or (lambda sink, exc: None)
-        self._bound: tuple[redis.Redis, Script] | None = None
         #: Monotonic time before which ``withdraw`` does not ask Redis; 0.0 while Redis works.
         self._down_until = 0.0
         #: Deposits not yet written, per scope (a per-process tally, dropped when Redis fails).
@@ -197,16 +195,6 @@ class RetryBudget:
             "telemetry_guard-retry-budget", self._write, Tally, linger=flush_interval,
             backoff=flush_interval, max_backoff=MAX_BACKOFF, on_error=self._failed,
             exit_flush=EXIT_FLUSH_TIMEOUT)
-
-    @property
-    def _thread(self) -> threading.Thread | None:
-        """This process's writer thread, once a deposit started it."""
-        return self._writer.thread
-
-    @property
-    def _lock(self) -> threading.Lock:
-        """The lock around this process's pending deposits."""
-        return self._writer.lock
 
     # -- the task's side -------------------------------------------------------------------
 
@@ -250,10 +238,7 @@ class RetryBudget:
     def _connection(self) -> tuple[redis.Redis, Script]:
         """This process's shared client and the script bound to it."""
         client = redis_client(self.redis_url, timeout=SOCKET_TIMEOUT, retries=1)
-        bound = self._bound
-        if bound is None or bound[0] is not client:
-            bound = self._bound = (client, bind(client, SCRIPT_NAME))
-        return bound
+        return client, bind(client, SCRIPT_NAME)
 
     def _failed(self, exc: BaseException) -> None:
         """Redis could not be used: report, never raising."""

@@ -209,7 +209,7 @@ def test_close_writes_pending_deposits_and_stops_the_thread(
     """close() flushes what is pending, then the writer thread ends."""
     budget, _ = make_budget(flush_interval=60.0)
     budget.deposit("a")
-    thread = budget._thread
+    thread = budget._writer.thread
     budget.close()
     assert bucket(redis_url, "a")["tokens"] == pytest.approx(0.2, rel=1e-3)
     assert thread is not None
@@ -338,14 +338,14 @@ def test_a_budget_made_in_the_parent_deposits_from_a_forked_child(
     budget, _ = make_budget(flush_interval=0.05)
     budget.deposit("parent")
     budget.flush()
-    parent_thread = budget._thread
+    parent_thread = budget._writer.thread
 
     def child() -> bool:
         for _ in range(10):
             budget.deposit("child")
         wait_for(lambda: bucket(redis_url, "child"), timeout=5)
-        return budget._thread is not parent_thread and budget._thread is not None \
-            and budget._thread.is_alive()
+        return budget._writer.thread is not parent_thread and budget._writer.thread is not None \
+            and budget._writer.thread.is_alive()
 
     assert in_child(child) is True
     assert bucket(redis_url, "child")["tokens"] == pytest.approx(2.0, rel=1e-3)
@@ -380,6 +380,6 @@ def test_a_lock_held_by_the_parent_at_fork_does_not_block_the_child(
         budget.deposit("b")
         budget.flush()
 
-    with budget._lock:
+    with budget._writer.lock:
         in_child(child)
     assert bucket(redis_url, "b")["tokens"] == pytest.approx(0.2, rel=1e-3)

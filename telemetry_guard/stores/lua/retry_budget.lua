@@ -1,4 +1,4 @@
--- The retry budget's bucket (see telemetry_guard/budget.py): decay and refill on Redis
+-- The retry budget's bucket (see telemetry_guard/stores/budget.py): decay and refill on Redis
 -- server time, add this process's deposits, and maybe grant one retry.
 -- KEYS[1]: the scope's hash. ARGV: ratio, min_retries_per_second, ttl (seconds), expiry (ms),
 -- deposits, '1' to withdraw. Returns 1 when a retry is granted, else 0.
