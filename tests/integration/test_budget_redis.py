@@ -40,6 +40,10 @@ def key(scope: str, prefix: str = "telemetry_guard:") -> str:
     return f"{prefix}retry_budget:{scope}"
 
 
+#: A time constant so long that tokens written by two flushes a few ms apart add up exactly.
+NO_DECAY = 3600.0
+
+
 def bucket(url: str, scope: str) -> dict[str, float]:
     """The scope's hash as numbers ({} when the key does not exist)."""
     raw = redis.Redis.from_url(url).hgetall(key(scope))
@@ -192,7 +196,7 @@ def test_the_key_is_a_hash_under_the_prefix_that_expires(
 def test_a_server_that_lost_the_script_gets_it_again(
         make_budget: Callable[..., tuple[RetryBudget, Errors]], redis_url: str) -> None:
     """After SCRIPT FLUSH, both the pipelined flush and withdraw load the script and go on."""
-    budget, errors = make_budget(BudgetConfig(ratio=1.0, min_retries_per_second=0.0))
+    budget, errors = make_budget(BudgetConfig(ratio=1.0, min_retries_per_second=0.0, ttl=NO_DECAY))
     budget.deposit("a")
     budget.flush()
     redis.Redis.from_url(redis_url).script_flush()
@@ -335,7 +339,7 @@ def test_a_budget_made_in_the_parent_deposits_from_a_forked_child(
         make_budget: Callable[..., tuple[RetryBudget, Errors]], redis_url: str) -> None:
     """The child, without after_fork or flush, gets its own writer thread that writes its
     deposits; the parent's deposits are not written twice."""
-    budget, _ = make_budget(flush_interval=0.05)
+    budget, _ = make_budget(BudgetConfig(ttl=NO_DECAY), flush_interval=0.05)
     budget.deposit("parent")
     budget.flush()
     parent_thread = budget._writer.thread
@@ -355,7 +359,7 @@ def test_a_budget_made_in_the_parent_deposits_from_a_forked_child(
 def test_a_child_starts_with_no_pending_deposits(
         make_budget: Callable[..., tuple[RetryBudget, Errors]], redis_url: str) -> None:
     """Deposits pending in the parent at fork time are written by the parent only."""
-    budget, _ = make_budget(flush_interval=60.0)
+    budget, _ = make_budget(BudgetConfig(ttl=NO_DECAY), flush_interval=60.0)
     for _ in range(10):
         budget.deposit("a")
 
