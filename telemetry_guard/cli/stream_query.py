@@ -127,6 +127,16 @@ def previous_id(entry_id: str) -> str | None:
     return f"{int(ms) - 1}-{MAX_SEQ}" if int(ms) > 0 else None
 
 
+def id_order(bound: str, *, upper: bool = False) -> tuple[float, float]:
+    """A stream ID or range bound (``-``, ``+``, ``ms``, ``ms-seq``) as a sortable pair; a
+    bare ``ms`` is its first ID, or its last as an ``upper`` bound (as XRANGE reads it)."""
+    if bound in ("-", "+"):
+        edge = float("-inf") if bound == "-" else float("inf")
+        return edge, edge
+    ms, _, seq = bound.partition("-")
+    return float(ms), float(seq) if seq else (float(MAX_SEQ) if upper else 0.0)
+
+
 def next_id(entry_id: str) -> str | None:
     """The ID just after ``entry_id``."""
     ms, _, seq = entry_id.partition("-")
@@ -246,6 +256,11 @@ class RecordFilter:
     def prechecks(self) -> bool:
         """True when :meth:`may_match` can reject anything."""
         return bool(self.needles) or self.grep_bytes is not None
+
+    @property
+    def exact_tasks(self) -> tuple[str, ...]:
+        """The task names, when the filter wants only tasks named exactly (no glob)."""
+        return () if any(_GLOB.search(t) for t in self.tasks) else self.tasks
 
     @property
     def empty(self) -> bool:

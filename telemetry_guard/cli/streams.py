@@ -4,7 +4,9 @@ A scan reads the stream newest first with ``XREVRANGE key <until-ms> <since-ms> 
 in pages, so a time window bounds it. With a filter that can pre-check, each page is
 pre-checked inside Redis (only candidates cross the network), else it is read whole and
 pre-checked here; each candidate's JSON is then parsed and matched, and the scan stops at
-``--limit``. The queries are :mod:`.stream_query`; Redis is :mod:`..stores.streams`.
+``--limit``. With tasks named exactly, the error log is read through those tasks' indexes
+(only their records are read), back to where indexing began. The queries are
+:mod:`.stream_query`; Redis is :mod:`..stores.streams`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ..stores.keys import index_key
 from ..stores.redis_client import mask_url, new_redis_client
 from ..stores.streams import Page, ScriptsUnavailable, StreamEntry, StreamStore
 from .context import CliContext, UsageError
@@ -26,6 +29,7 @@ from .stream_query import (
     RecordFilter,
     Window,
     id_ms,
+    id_order,
     index_tasks,
     next_id,
     previous_id,
@@ -74,20 +78,49 @@ class GuardStreams:
     def scan(self, key: str, window: Window = ALL_TIME, flt: RecordFilter = NO_FILTER, *,
              limit: int | None = None, newest_first: bool = True) -> Iterator[Entry]:
         """Matching entries of ``key`` inside ``window``, paged, stopping after ``limit``."""
-        upper, lower = window.upper, window.lower
-        if flt.empty:
-            size = min(limit, PAGE) if limit else PAGE
-        else:
-            size = FIRST_PAGE
         found = 0
+        for upper, lower, indexes in self._parts(key, window, flt, newest_first):
+            for entry in self._scan(key, upper, lower, flt, indexes, newest_first,
+                                    None if limit is None else limit - found):
+                yield entry
+                found += 1
+                if limit is not None and found >= limit:
+                    return
+
+    def _parts(self, key: str, window: Window, flt: RecordFilter,
+               newest_first: bool) -> list[tuple[str, str, tuple[str, ...]]]:
+        """The window's ranges, in scan order, each with the task indexes that cover it.
+
+        Error-log records written since the guard began indexing them (``indexed_since``)
+        are found through their tasks' indexes when the filter names its tasks exactly;
+        older records (written before an upgrade) are scanned.
+        """
+        upper, lower = window.upper, window.lower
+        tasks = flt.exact_tasks
+        since = (self.store.indexed_since(key)
+                 if key == self.errors_key and tasks and self._use_script else None)
+        if since is None:
+            return [(upper, lower, ())]
+        parts = []
+        first = self.store.first_id(key) or since  # ids older than the log are gone
+        start = max(lower, since, first, key=id_order)
+        if id_order(start) <= id_order(upper, upper=True):
+            parts.append((upper, start, tuple(index_key(key, t) for t in tasks)))
+        before = previous_id(since)
+        if before is not None and id_order(lower) < id_order(since):
+            parts.append((min(upper, before, key=lambda b: id_order(b, upper=True)), lower, ()))
+        return parts if newest_first else parts[::-1]
+
+    def _scan(self, key: str, upper: str, lower: str, flt: RecordFilter,
+              indexes: tuple[str, ...], newest_first: bool, limit: int | None
+              ) -> Iterator[Entry]:
+        """Matching entries between two bounds, paged, at most ``limit``."""
+        size = (min(limit, PAGE) if limit else PAGE) if flt.empty else FIRST_PAGE
         while True:
-            page = self._page(key, upper, lower, size, newest_first, flt)
+            page = self._page(key, upper, lower, size, newest_first, flt, indexes)
             for entry in _entries(page.entries):
                 if flt.empty or flt.matches(entry.record):
                     yield entry
-                    found += 1
-                    if limit is not None and found >= limit:
-                        return
             if page.scanned < size or page.edge is None:
                 return
             bound = previous_id(page.edge) if newest_first else next_id(page.edge)
@@ -100,13 +133,14 @@ class GuardStreams:
             size = SERVER_PAGE if self._use_script and flt.prechecks else PAGE
 
     def _page(self, key: str, upper: str, lower: str, count: int, newest_first: bool,
-              flt: RecordFilter) -> Page:
-        """One page: pre-checked inside Redis when the filter can, else read whole."""
-        if flt.prechecks and self._use_script:
+              flt: RecordFilter, indexes: tuple[str, ...] = ()) -> Page:
+        """One page: pre-checked inside Redis when the filter can (through ``indexes`` when
+        given), else read whole."""
+        if (flt.prechecks or indexes) and self._use_script:
             try:
                 return self.store.prechecked_page(
                     key, upper, lower, count, newest_first=newest_first,
-                    grep=flt.grep_bytes, needles=flt.needles)
+                    grep=flt.grep_bytes, needles=flt.needles, indexes=indexes)
             except ScriptsUnavailable:  # filter here from now on
                 self._use_script = False
         page = self.store.page(key, upper, lower, count, newest_first=newest_first)

@@ -1,10 +1,11 @@
 """The error log: a capped Redis Stream of redacted failure records, written off the task's thread.
 
-Records are queued in a bounded in-process buffer and written by a background
-writer (``stores.background``) in batches (one pipelined ``XADD ... MAXLEN ~`` round
-trip for many records), so a failing task never waits on Redis. Given-up tasks also go to
-the dead-letter stream with the original arguments, for replay, in the same
-pipeline: each through a script that keeps its task within its own retention
+Records are queued in a bounded in-process buffer and written by a background writer
+(``stores.background``) in batches (one pipelined round trip for many records), so a failing
+task never waits on Redis. Each record's id also goes to its task's index
+(``stores/lua/error_log_add.lua``), so ``errors list --task`` reads only that task's records.
+Given-up tasks also go to the dead-letter stream with the original arguments, for replay, in
+the same pipeline: each through a script that keeps its task within its own retention
 (``dead_letter_maxlen``), so one task's give-ups never evict another's.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from kombu.utils.json import dumps as kombu_dumps
@@ -20,7 +22,8 @@ from ..core.events import FailureEvent
 from ..core.redact import Redactor, safe_repr
 from ..core.sink import Sink
 from ..stores.background import BackgroundWriter, ItemQueue
-from ..stores.dead_letters import DEAD_STREAM, TASK_FIELD, Added, dead_fields, index_key
+from ..stores.dead_letters import DEAD_STREAM, TASK_FIELD, Added, dead_fields
+from ..stores.keys import index_key, indexed_since_key
 from ..stores.redis_client import redis_client
 from ..stores.scripts import bind
 
@@ -31,8 +34,8 @@ if TYPE_CHECKING:
 ErrorReporter = Callable[[str, "BaseException | None"], None]
 #: Told how many of a task's dead letters its retention removed: ``(task, count)``.
 EvictionReporter = Callable[[str, int], None]
-#: A buffered record: stream key, fields, and the task of a dead letter (None: error log).
-Pending = tuple[str, dict[str, str], "str | None"]
+#: A buffered record: stream key, fields, its task, and whether it is a dead letter.
+Pending = tuple[str, dict[str, str], str, bool]
 
 ERRORS_STREAM = "errors"
 BATCH_SIZE = 500
@@ -86,57 +89,75 @@ class ErrorLogSink(Sink):
     def on_failure(self, event: FailureEvent) -> None:
         # The event's fields are already redacted: only bound the record's size here.
         record = json.dumps(self.redactor.bound_record(event.as_record()))
+        task = event.task_name
         if event.retried or event.replay is None:
-            self._writer.add((self.errors_key, {"record": record}, None))
+            self._writer.add((self.errors_key, {"record": record}, task, False))
             return
         dead = {"record": record, "replay": _dumps_replay(event.replay)}
-        self._writer.add_all(((self.errors_key, {"record": record}, None),
-                              (self.dead_key, dead, event.task_name)))
+        self._writer.add_all(((self.errors_key, {"record": record}, task, False),
+                              (self.dead_key, dead, task, True)))
 
     # -- the writer's side ---------------------------------------------------------------
     def _write(self, batch: list[Pending]) -> None:
         """One pipelined round trip for the batch (a lost connection raises: kept, retried).
 
         A command Redis refuses (a wrong key type, scripting disabled) is counted and the
-        rest of the batch stands; a dead letter whose retention script was refused is
-        still added, untrimmed, so it is never lost.
+        rest of the batch stands; a record whose script was refused is still added, without
+        its index or retention, so it is never lost.
         """
-        client, add_dead = self._connection()
+        import redis
+
+        client, add_error, add_dead = self._connection()
         pipe = client.pipeline(transaction=False)
-        for key, fields, task in batch:
-            if task is None:
-                pipe.xadd(key, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-            else:
+        for key, fields, task, dead in batch:
+            if dead:
                 add_dead(keys=[key, index_key(key, task)],
                          args=[self.dead_letter_maxlen, *dead_fields(task, fields)],
                          client=pipe)
-        replies = pipe.execute(raise_on_error=False)
+            else:
+                add_error(keys=[key, index_key(key, task), indexed_since_key(key)],
+                          args=[self.maxlen, *chain.from_iterable(fields.items())],
+                          client=pipe)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except redis.ResponseError as exc:  # scripts refused before any ran (an ACL without them)
+            self._report_error(self.name, exc)
+            self._add_plainly(client, batch)
+            return
         evicted: dict[str, int] = {}
         refused: list[Pending] = []
-        for (key, fields, task), reply in zip(batch, replies, strict=True):
+        for pending, reply in zip(batch, replies, strict=True):
             if isinstance(reply, Exception):
                 self._report_error(self.name, reply)
-                if task is not None:
-                    refused.append((key, fields, task))
-            elif task is not None:
+                refused.append(pending)
+            elif pending[3]:
                 count = Added.of(reply).evicted
                 if count:
-                    evicted[task] = evicted.get(task, 0) + count
+                    evicted[pending[2]] = evicted.get(pending[2], 0) + count
         if refused:
-            pipe = client.pipeline(transaction=False)
-            for key, fields, task in refused:
-                pipe.xadd(key, {**fields, TASK_FIELD: task or ""})  # type: ignore[arg-type]
-            pipe.execute(raise_on_error=False)
+            self._add_plainly(client, refused)
         for task, count in evicted.items():
             try:
                 self._on_evicted(task, count)
             except Exception as exc:
                 self._report_error(self.name, exc)
 
-    def _connection(self) -> tuple[redis.Redis, Script]:
-        """This process's shared client and the dead-letter script bound to it."""
+    def _add_plainly(self, client: redis.Redis, refused: list[Pending]) -> None:
+        """Records whose script was refused, added without it: indexing stops being
+        promised (``errors list --task`` scans) until a script writes again."""
+        pipe = client.pipeline(transaction=False)
+        for key, fields, task, dead in refused:
+            if dead:
+                pipe.xadd(key, {**fields, TASK_FIELD: task})  # type: ignore[arg-type]
+            else:
+                pipe.xadd(key, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+                pipe.delete(indexed_since_key(key))
+        pipe.execute(raise_on_error=False)
+
+    def _connection(self) -> tuple[redis.Redis, Script, Script]:
+        """This process's shared client and the scripts bound to it."""
         client = redis_client(self.redis_url, timeout=SOCKET_TIMEOUT, retries=0)
-        return client, bind(client, "dead_letter_add")
+        return client, bind(client, "error_log_add"), bind(client, "dead_letter_add")
 
     # -- lifecycle ---------------------------------------------------------------------
     def after_fork(self) -> None:

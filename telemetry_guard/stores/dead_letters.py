@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from .keys import index_key, slot_base
 from .scripts import bind
 
 #: The stream's name after the key prefix.
@@ -29,23 +30,9 @@ DEAD_STREAM = "dead"
 TASK_FIELD = "task"
 
 
-
-def _slot_base(stream_key: str) -> str:
-    """A prefix that hashes to the stream's cluster slot: its own tag, or the key as a tag."""
-    start = stream_key.find("{")
-    if start >= 0 and stream_key.find("}", start + 2) > start:
-        return stream_key
-    return "{" + stream_key + "}"
-
-
-def index_key(stream_key: str, task: str) -> str:
-    """The sorted set of ``task``'s entry ids in ``stream_key``."""
-    return f"{_slot_base(stream_key)}:index:{task}"
-
-
 def claims_key(stream_key: str) -> str:
     """The hash of replay claims (entry id → claim) of ``stream_key``."""
-    return f"{_slot_base(stream_key)}:claims"
+    return f"{slot_base(stream_key)}:claims"
 
 
 def dead_fields(task: str, fields: dict[str, str]) -> list[str]:

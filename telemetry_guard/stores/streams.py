@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from .dead_letters import TASK_FIELD, remove_dead_letters
+from .keys import indexed_since_key
 from .scripts import bind
 
 _TASK_FIELD = TASK_FIELD.encode()
@@ -97,16 +98,21 @@ class StreamStore:
 
     def prechecked_page(self, key: str, upper: str, lower: str, count: int, *,
                         newest_first: bool, grep: bytes | None,
-                        needles: Sequence[Sequence[bytes]]) -> Page:
+                        needles: Sequence[Sequence[bytes]], indexes: Sequence[str] = ()
+                        ) -> Page:
         """A page read inside Redis; back come only entries holding one needle of each group
-        and, with ``grep``, containing it lower-cased (or a ``\\u`` escape)."""
+        and, with ``grep``, containing it lower-cased (or a ``\\u`` escape).
+
+        With ``indexes`` (streams of entry ids, such as each task's index of the error log)
+        the page is ``count`` of their ids, merged in order, and only those entries are read.
+        """
         import redis
 
         args: list[Any] = [upper, lower, count, int(newest_first), grep or b"", len(needles)]
         for group in needles:
             args += [len(group), *group]
         try:
-            reply = self._precheck(keys=[key], args=args)
+            reply = self._precheck(keys=[key, *indexes], args=args)
         except redis.ResponseError as exc:
             raise ScriptsUnavailable(str(exc)) from None
         scanned, edge, *found = reply  # then id, record, replay of each candidate
@@ -132,6 +138,16 @@ class StreamStore:
         """The entry with this ID, or None."""
         entries = decode_items(self.client.xrange(key, entry_id, entry_id, count=1))
         return entries[0] if entries else None
+
+    def first_id(self, key: str) -> str | None:
+        """The oldest entry's ID (None when the stream is empty)."""
+        items = self.client.xrange(key, "-", "+", count=1)
+        return _text(items[0][0]) if items else None
+
+    def indexed_since(self, key: str) -> str | None:
+        """The ID from which every entry of ``key`` is in its task's index (None: none is)."""
+        value = self.client.get(indexed_since_key(key))
+        return None if value is None else _text(value)
 
     def last_id(self, key: str) -> str:
         """The newest entry's ID (``0-0`` when the stream is empty)."""

@@ -21,7 +21,8 @@ from structlog.testing import capture_logs
 from telemetry_guard import TelemetryGuard
 from telemetry_guard.core.classify import Severity
 from telemetry_guard.core.events import FailureEvent
-from telemetry_guard.stores.dead_letters import add_dead_letter, index_key
+from telemetry_guard.stores.dead_letters import add_dead_letter
+from telemetry_guard.stores.keys import index_key
 from tests.integration.test_prefork import PreforkWorker, scrape, value
 from tests.servers import wait_for
 
