@@ -722,6 +722,15 @@ def test_dumps_always_fits_the_byte_bound(value: object, bound: int) -> None:
 
 
 @settings(max_examples=300, deadline=None)
+@given(values, st.integers(MIN_RECORD_BYTES, 4096))
+def test_bound_json_is_the_bounded_record_encoded(value: object, bound: int) -> None:
+    """bound_json (the error log's one encoding) gives exactly json.dumps(bound_record(r))."""
+    redactor = Redactor(max_record_bytes=bound)
+    record = {"args": value, "nan": float("nan")} if bound % 3 == 0 else {"args": value}
+    assert redactor.bound_json(record) == json.dumps(redactor.bound_record(record))  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
 @given(secret_values, st.integers(MIN_RECORD_BYTES, 4096))
 def test_canary_under_a_sensitive_key_never_appears(value: object, bound: int) -> None:
     """A canary secret placed under any sensitive key is absent from every output."""

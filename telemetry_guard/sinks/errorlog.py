@@ -88,7 +88,7 @@ class ErrorLogSink(Sink):
     # -- producer side (the task's thread) ---------------------------------------------
     def on_failure(self, event: FailureEvent) -> None:
         # The event's fields are already redacted: only bound the record's size here.
-        record = json.dumps(self.redactor.bound_record(event.as_record()))
+        record = self.redactor.bound_json(event.as_record())
         task = event.task_name
         if event.retried or event.replay is None:
             self._writer.add((self.errors_key, {"record": record}, task, False))

@@ -153,11 +153,24 @@ class Redactor:
         except Exception:
             return {"_truncated": True}
 
+    def bound_json(self, record: dict[str, JSONValue]) -> str:
+        """``json.dumps(bound_record(record))``, encoding a record that fits only once."""
+        try:
+            encoded = encode(record)
+        except Exception:
+            return encode(self.bound_record(record))
+        if len(encoded) <= self._max_bytes:
+            return encoded
+        try:
+            return encode(shrink(encoded, self._max_bytes))
+        except Exception:
+            return '{"_truncated": true}'
+
     def dumps(self, record: dict[str, object]) -> str:
         """json.dumps of redact+bound_record; never raises; always valid JSON within the bound."""
         try:
             safe = self.redact(record)
-            return encode(self.bound_record(safe if isinstance(safe, dict) else {"value": safe}))
+            return self.bound_json(safe if isinstance(safe, dict) else {"value": safe})
         except Exception:
             return '{"_truncated": true}'
 
