@@ -33,8 +33,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
@@ -43,14 +43,14 @@ if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
 from click.testing import CliRunner  # noqa: E402
 
 from benchmarks._redis import start_redis  # noqa: E402
-from telemetry_guard.stores.keys import index_key, indexed_since_key  # noqa: E402
-from telemetry_guard.stores.scripts import bind  # noqa: E402
 from telemetry_guard.cli import main  # noqa: E402
 from telemetry_guard.cli.stream_query import RecordFilter, Window  # noqa: E402
 from telemetry_guard.cli.streams import GuardStreams  # noqa: E402
 from telemetry_guard.core.classify import Severity  # noqa: E402
 from telemetry_guard.core.events import FailureEvent  # noqa: E402
 from telemetry_guard.core.redact import Redactor  # noqa: E402
+from telemetry_guard.stores.keys import index_key, indexed_since_key  # noqa: E402
+from telemetry_guard.stores.scripts import bind  # noqa: E402
 
 APP = "benchmarks.apps.bare"
 KEY = "telemetry_guard:errors"
