@@ -23,6 +23,7 @@ from telemetry_guard.core.redact import (
     key_words,
     safe_repr,
 )
+from telemetry_guard.core.redact.patterns import TEXT_RE
 
 CANARY = "CANARY-7f3a9c51e2"
 SENSITIVE_KEYS = [
@@ -549,6 +550,45 @@ def test_no_planted_secret_survives_the_scrubber(
     assert secret not in redactor.redact_text(text)
     assert secret[:12] not in redactor.redact_tail(text)
     assert secret not in json.dumps(redactor.redact({"note": text}))
+
+
+TEXT_PIECES = [*SHAPES, "Bearer", "Basic", "(", "[", "'", '"', ",", " ", ":", "=", "\\",
+               "-----BEGIN PRIVATE KEY-----", "-----END PRIVATE KEY-----", "eyJhbGciOi.eyJzdWIi.x",
+               "  File \"/srv/app/tasks.py\", line 12, in run", "    r = send(token=t)"]
+
+
+@pytest.mark.parametrize("text", [
+    "retry\nsent with Bearer\nQ9abcdefghijkmnop\nend",
+    "retry\nsent with Basic\nQ9abcdefghijkmnop\nend",
+    "headers [('X-Auth-Token',\n  'Q9abcdefghijkmnop')]\nend",
+    "headers [('X-Auth-Token'\n, 'Q9abcdefghijkmnop')]\nend",
+    "headers (\n'X-Auth-Token', 'Q9abcdefghijkmnop')\nend",
+    "key:\n-----BEGIN PRIVATE KEY-----\nQ9abcdefghijkmnop\n-----END PRIVATE KEY-----\nend",
+])
+def test_matches_across_lines_are_scrubbed_as_whole(text: str) -> None:
+    """Secrets split over lines are found as in the whole text, also once lines are known."""
+    redactor = Redactor()
+    for line in text.split("\n"):
+        redactor.redact_text(line + "\nx")  # every line seen before
+    out = redactor.redact_text(text)
+    assert "Q9abcdefghijkmnop" not in out
+    assert out == redactor._scrub_all(text, TEXT_RE)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(TEXT_PIECES) | noise, max_size=10), secret_values_text,
+       st.lists(st.integers(0, 400), max_size=6))
+def test_a_text_scrubbed_line_by_line_is_scrubbed_as_whole(
+        pieces: list[str], secret: str, breaks: list[int]) -> None:
+    """Lines remembered from earlier texts change no answer: newlines anywhere, twice over."""
+    text = "".join(p.format(s=secret) if "{s" in p else p for p in pieces)
+    for at in sorted(breaks, reverse=True):
+        text = text[:at] + "\n" + text[at:]
+    redactor = Redactor(max_value_chars=100_000)
+    whole = redactor._scrub_all(text, TEXT_RE)
+    assert redactor.redact_text(text) == whole
+    assert redactor.redact_text(text) == whole  # the second time from remembered lines
+    assert redactor.redact_tail(text) == whole
 
 
 # --- safe_repr / exception_message ---------------------------------------------------------

@@ -145,17 +145,16 @@ class GuardedRun:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Left out of the stacks Sentry (and pytest) show: the task's own frames come first,
         # so Sentry groups a task's errors the same with or without GuardedTask. Short on
-        # purpose: billiard copies every frame of a failure's traceback, this one included.
+        # purpose: billiard copies every frame of a failure's traceback, this one included,
+        # with a position per instruction of its code (hence no ``finally``, which compiles
+        # its body twice: the attempt ends itself in ``failed`` and ``succeeded``).
         __tracebackhide__ = True  # noqa: F841
-        attempt = _Attempt.begin(self.task)
+        attempt = _Attempt.begin(self)
         if attempt is None:  # called directly, or no guard: a plain call
             return self.__wrapped__(*args, **kwargs)
         try:
-            if self.task.breaker is None:
-                result = self.__wrapped__(*args, **kwargs)
-            else:
-                result = resolve_breaker(self.task.breaker).call(self.__wrapped__, *args, **kwargs)
-        except Exception as exc:
+            result = attempt.run(*args, **kwargs)
+        except BaseException as exc:
             # Raised here, not in a helper: every frame added to the traceback is one
             # more that Celery copies (billiard's ExceptionInfo) on each failure.
             outcome = attempt.failed(exc, args, kwargs)
@@ -164,8 +163,6 @@ class GuardedRun:
             if isinstance(outcome, _Raise):
                 raise outcome.exception from None
             return outcome
-        finally:
-            attempt.end()
         attempt.succeeded()
         return result
 
@@ -173,10 +170,14 @@ class GuardedRun:
 class _Attempt:
     """One guarded run of a task: its guard, span and start time."""
 
-    __slots__ = ("task", "guard", "request", "span", "span_ids", "started")
+    __slots__ = ("task", "guard", "request", "run", "span", "span_ids", "started")
 
-    def __init__(self, task: GuardedTask, guard: TaskGuard, request: Any) -> None:
+    def __init__(self, task: GuardedTask, guard: TaskGuard, request: Any,
+                 body: Callable[..., Any]) -> None:
         self.task, self.guard, self.request = task, guard, request
+        #: The body, called through the task's breaker when it has one.
+        self.run = body if task.breaker is None else partial(
+            resolve_breaker(task.breaker).call, body)
         if guard.retry_budget is not None and not request.retries:
             guard.retry_budget.deposit(task.name)
         span = self.span = guard.start_span(task, request)
@@ -187,26 +188,34 @@ class _Attempt:
         self.started = time.perf_counter()
 
     @classmethod
-    def begin(cls, task: GuardedTask) -> _Attempt | None:
+    def begin(cls, run: GuardedRun) -> _Attempt | None:
         """The attempt now starting; None when called directly or the app has no guard."""
+        task = run.task
         request = task.request
         if request.called_directly:
             return None
         guard = _guard_of(task)
-        return None if guard is None else cls(task, guard, request)
+        return None if guard is None else cls(task, guard, request, run.__wrapped__)
 
-    def failed(self, exc: Exception, args: Any, kwargs: Any) -> Any:
-        """What the run returns or raises instead (``_RERAISE``, a ``_Raise``, a value)."""
+    def failed(self, exc: BaseException, args: Any, kwargs: Any) -> Any:
+        """What the run returns or raises instead (``_RERAISE``, a ``_Raise``, a value);
+        the attempt has ended when it returns or raises."""
         task, guard = self.task, self.guard
-        if isinstance(exc, _PASS_THROUGH):
-            guard.runtime(task.name, "retry").observe(time.perf_counter() - self.started)
-            if isinstance(exc, Retry):  # Celery's autoretry or a manual self.retry()
-                guard.record_celery_retry(task, exc, request=self.request, args=args,
-                                          kwargs=kwargs)
-            return _RERAISE
-        if isinstance(exc, CircuitOpenError):
-            return task._on_breaker_open(guard, exc, args, kwargs)
-        return task._on_exception(guard, exc, args, kwargs, time.perf_counter() - self.started)
+        try:
+            if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt, ...
+                return _RERAISE
+            if isinstance(exc, _PASS_THROUGH):
+                guard.runtime(task.name, "retry").observe(time.perf_counter() - self.started)
+                if isinstance(exc, Retry):  # Celery's autoretry or a manual self.retry()
+                    guard.record_celery_retry(task, exc, request=self.request, args=args,
+                                              kwargs=kwargs)
+                return _RERAISE
+            if isinstance(exc, CircuitOpenError):
+                return task._on_breaker_open(guard, exc, args, kwargs)
+            return task._on_exception(guard, exc, args, kwargs,
+                                      time.perf_counter() - self.started)
+        finally:
+            self.end()
 
     def end(self) -> None:
         """End the span and restore the log context, however the run ended."""
@@ -216,9 +225,12 @@ class _Attempt:
             log_context.restore(self.span_ids)
 
     def succeeded(self) -> None:
-        """Time a successful run."""
-        self.guard.runtime(self.task.name, "success").observe(
-            time.perf_counter() - self.started)
+        """Time a successful run, and end the attempt."""
+        try:
+            self.guard.runtime(self.task.name, "success").observe(
+                time.perf_counter() - self.started)
+        finally:
+            self.end()
 
 
 _RERAISE = object()

@@ -75,3 +75,8 @@ def hidden(value: str) -> str:
 def is_bare(value: str) -> bool:
     """Whether a text value is unquoted and unbracketed (a header value, a word)."""
     return value[0] not in "\"'\\([{" and value[:2] not in ('b"', "b'")
+
+#: Where a match of ``TEXT_RE`` could span a line break: a private-key block, ``Bearer`` or
+#: ``Basic`` at a line's end, or a ``("name", "value")`` pair broken over lines. Text without
+#: any is scrubbed the same line by line as whole (every other part stops at a newline).
+CROSS_LINE_RE = re.compile(r"-----BEGIN|(?i:bearer)\s*\n|Basic\s*\n|[(\[]\s*\n|[\"']\s*\n|,\s*\n")

@@ -32,11 +32,22 @@ from .markers import (
     TRUNCATED_MARKER,
     JSONValue,
 )
-from .patterns import LINE_VALUE_WORDS, PEM_TAIL, TEXT_CUT_RE, TEXT_RE, hidden, is_bare
+from .patterns import (
+    CROSS_LINE_RE,
+    LINE_VALUE_WORDS,
+    PEM_TAIL,
+    TEXT_CUT_RE,
+    TEXT_RE,
+    hidden,
+    is_bare,
+)
 from .safe_text import raw_text, truncate, type_name
 
 _SCRUB_SLACK = 512  # scrubbed past the cut (patterns there also end at the cut: PEM, URLs)
 _MAX_INT_BITS = 256
+#: Scrubbed lines remembered per redactor (then forgotten all at once), and the longest kept.
+LINE_CACHE_SIZE = 4096
+LINE_CACHE_CHARS = 256
 
 
 def _key_text(key: object) -> str:
@@ -80,6 +91,7 @@ class Redactor:
         self._max_depth = max_depth
         self._max_items = max_items
         self._keys: dict[str, tuple[str, bool]] = {}
+        self._lines: dict[str, str] = {}
 
     def redact(self, value: object) -> JSONValue:
         """Return a JSON-safe, redacted, bounded copy of any value (args, kwargs, headers)."""
@@ -114,7 +126,7 @@ class Redactor:
                 start = newline + 1 if newline >= 0 else start
                 dropped, text = start, text[start:]
                 text = PEM_TAIL.sub(REDACTED, text, count=1)
-            text = self._scrub_all(text, self._text_re)
+            text = self._scrub_lines(text, self._text_re)
             total = len(text) + dropped
             if total <= limit:
                 return text
@@ -183,8 +195,30 @@ class Redactor:
             pattern = TEXT_CUT_RE if pattern is TEXT_RE else pattern
         elif dropped:
             pattern = TEXT_CUT_RE if pattern is TEXT_RE else pattern
-        text = self._scrub_all(text, pattern)
+        text = self._scrub_lines(text, pattern)
         return truncate(text, self._max_chars, len(text) + dropped)
+
+    def _scrub_lines(self, text: str, pattern: re.Pattern[str]) -> str:
+        """Scrub ``text``; a multi-line text line by line, each line scrubbed once per process.
+
+        Failures repeat their tracebacks' lines (the same frames and source lines, in the
+        guard's event and in Celery's log record): only lines not seen before are scrubbed.
+        Text whose matches could span lines, or cut text, is scrubbed whole.
+        """
+        if pattern is not TEXT_RE or "\n" not in text or CROSS_LINE_RE.search(text):
+            return self._scrub_all(text, pattern)
+        seen = self._lines
+        out = []
+        for line in text.split("\n"):
+            scrubbed = seen.get(line)
+            if scrubbed is None:
+                scrubbed = self._scrub_all(line, pattern)
+                if len(line) <= LINE_CACHE_CHARS:
+                    if len(seen) >= LINE_CACHE_SIZE:
+                        seen.clear()
+                    seen[line] = scrubbed
+            out.append(scrubbed)
+        return "\n".join(out)
 
     def _scrub_all(self, text: str, pattern: re.Pattern[str]) -> str:
         match = pattern.search(text)
