@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -144,33 +145,59 @@ class GuardedRun:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Left out of the stacks Sentry (and pytest) show: the task's own frames come first,
-        # so Sentry groups a task's errors the same with or without GuardedTask. Short on
-        # purpose: billiard copies every frame of a failure's traceback, this one included,
-        # with a position per instruction of its code (hence no ``finally``, which compiles
-        # its body twice: the attempt ends itself in ``failed`` and ``succeeded``).
+        # so Sentry groups a task's errors the same with or without GuardedTask.
+        # Short on purpose: on each failure billiard copies every frame of the traceback,
+        # this one included, with a position per instruction and inline cache of its code;
+        # past a few thousand positions the copy, and its unpickling in the main process,
+        # start the garbage collector on every failure. Hence one bare ``except`` (the
+        # attempt reads the exception itself), no ``finally`` (its body would be compiled
+        # twice: the attempt ends in ``failed`` and ``succeeded``), and no branch.
         __tracebackhide__ = True  # noqa: F841
-        attempt = _Attempt.begin(self)
-        if attempt is None:  # called directly, or no guard: a plain call
-            return self.__wrapped__(*args, **kwargs)
+        attempt = _begin(self)
         try:
             result = attempt.run(*args, **kwargs)
-        except BaseException as exc:
-            # Raised here, not in a helper: every frame added to the traceback is one
-            # more that Celery copies (billiard's ExceptionInfo) on each failure.
-            outcome = attempt.failed(exc, args, kwargs)
-            if outcome is _RERAISE:
+        except:  # noqa: E722 - BaseException too: the attempt ends, then says what to do
+            if attempt.failed(args, kwargs):
                 raise
-            if isinstance(outcome, _Raise):
-                raise outcome.exception from None
-            return outcome
+            return attempt.outcome()
         attempt.succeeded()
         return result
+
+
+def _begin(run: GuardedRun) -> _Attempt | _PlainCall:
+    """The attempt now starting; a plain call when called directly or the app has no guard."""
+    task = run.task
+    request = task.request
+    if request.called_directly:
+        return _PlainCall(run.__wrapped__)
+    guard = _guard_of(task)
+    if guard is None:
+        return _PlainCall(run.__wrapped__)
+    return _Attempt(task, guard, request, run.__wrapped__)
+
+
+class _PlainCall:
+    """A GuardedTask's body run as a plain call: nothing observed, every exception raised."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, body: Callable[..., Any]) -> None:
+        self.run = body
+
+    def failed(self, args: Any, kwargs: Any) -> bool:
+        return True
+
+    def outcome(self) -> Any:  # never called: every failure is raised
+        raise AssertionError("a plain call has no outcome")
+
+    def succeeded(self) -> None:
+        pass
 
 
 class _Attempt:
     """One guarded run of a task: its guard, span and start time."""
 
-    __slots__ = ("task", "guard", "request", "run", "span", "span_ids", "started")
+    __slots__ = ("task", "guard", "request", "run", "span", "span_ids", "started", "_outcome")
 
     def __init__(self, task: GuardedTask, guard: TaskGuard, request: Any,
                  body: Callable[..., Any]) -> None:
@@ -187,35 +214,36 @@ class _Attempt:
             span.owned or not log_context.trace_bound(request.id)) else None)
         self.started = time.perf_counter()
 
-    @classmethod
-    def begin(cls, run: GuardedRun) -> _Attempt | None:
-        """The attempt now starting; None when called directly or the app has no guard."""
-        task = run.task
-        request = task.request
-        if request.called_directly:
-            return None
-        guard = _guard_of(task)
-        return None if guard is None else cls(task, guard, request, run.__wrapped__)
-
-    def failed(self, exc: BaseException, args: Any, kwargs: Any) -> Any:
-        """What the run returns or raises instead (``_RERAISE``, a ``_Raise``, a value);
-        the attempt has ended when it returns or raises."""
+    def failed(self, args: Any, kwargs: Any) -> bool:
+        """Handle the exception being raised; True when it is to be raised as it is, else
+        :meth:`outcome` gives what the run returns or raises instead. The attempt has ended
+        when it returns or raises."""
+        exc = sys.exc_info()[1]
         task, guard = self.task, self.guard
         try:
             if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt, ...
-                return _RERAISE
+                return True
             if isinstance(exc, _PASS_THROUGH):
                 guard.runtime(task.name, "retry").observe(time.perf_counter() - self.started)
                 if isinstance(exc, Retry):  # Celery's autoretry or a manual self.retry()
                     guard.record_celery_retry(task, exc, request=self.request, args=args,
                                               kwargs=kwargs)
-                return _RERAISE
+                return True
             if isinstance(exc, CircuitOpenError):
-                return task._on_breaker_open(guard, exc, args, kwargs)
-            return task._on_exception(guard, exc, args, kwargs,
-                                      time.perf_counter() - self.started)
+                self._outcome = task._on_breaker_open(guard, exc, args, kwargs)
+            else:
+                self._outcome = task._on_exception(guard, exc, args, kwargs,
+                                                   time.perf_counter() - self.started)
+            return self._outcome is _RERAISE
         finally:
             self.end()
+
+    def outcome(self) -> Any:
+        """The fallback's value, or raise the replacement (Celery's ``Retry``, say)."""
+        outcome = self._outcome
+        if isinstance(outcome, _Raise):
+            raise outcome.exception from None
+        return outcome
 
     def end(self) -> None:
         """End the span and restore the log context, however the run ended."""
