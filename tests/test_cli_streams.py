@@ -22,7 +22,6 @@ from telemetry_guard.cli.stream_query import (
     RecordFilter,
     Window,
     check_id,
-    count_by,
     error_row,
     iso,
     line_for,
@@ -251,7 +250,10 @@ def test_count_by_groups_and_sorts_by_count() -> None:
     """Stats count task × exception × severity, most frequent first, first/last by entry ID."""
     records = [entry(RECORD, f"{int(NOW) + i}000-0") for i in (2, 0, 1)]
     records.append(entry({**RECORD, "severity": "low"}, f"{int(NOW)}000-0"))
-    rows = count_by(records)
+    counts = FailureCounts()
+    for record in records:
+        counts.add_entry(record)
+    rows = counts.rows()
     assert [(r["severity"], r["count"]) for r in rows] == [("high", 3), ("low", 1)]
     assert (rows[0]["first"], rows[0]["last"]) == (iso(NOW), iso(NOW + 2))
 

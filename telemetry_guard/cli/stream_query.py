@@ -366,14 +366,6 @@ class FailureCounts:
                 for (task, exc, sev), (n, first, last) in ordered]
 
 
-def count_by(entries: Iterable[Entry]) -> list[dict[str, Any]]:
-    """Counts by task × exception × severity, most frequent first, with first/last seen."""
-    counts = FailureCounts()
-    for entry in entries:
-        counts.add_entry(entry)
-    return counts.rows()
-
-
 def line_for(row: Mapping[str, Any], widths: Mapping[str, int]) -> str:
     """One fixed-width line of ``row`` (for output that streams, such as ``errors tail``)."""
     cells = []

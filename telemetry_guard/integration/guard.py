@@ -348,10 +348,6 @@ class TelemetryGuard:
         """Whether this process already reported (or handled) attempt ``attempt`` of a task."""
         return task_id is not None and (task_id, attempt) in self._attempts
 
-    def was_recorded(self, task_id: str | None) -> bool:
-        """Whether this process already reported a failure of ``task_id``."""
-        return task_id is not None and task_id in self._recorded
-
     def times_recorded(self, task_id: str | None) -> int:
         """How many failures of ``task_id`` this process reported."""
         return self._recorded.get(task_id, 0) if task_id is not None else 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
 import signal
@@ -35,10 +34,10 @@ from telemetry_guard.breaker.state import FAILURE, IGNORED, MODES, SUCCESS, Brea
 from telemetry_guard.core.events import BreakerChange
 from telemetry_guard.stores.scripts import lua
 from tests.breakers import Heard
+from tests.forking import FORK, in_child
 from tests.servers import free_port, start_redis, wait_for
 
 SCRIPT = lua("breaker")
-FORK = multiprocessing.get_context("fork")
 PROCESSES = 8
 
 
@@ -63,25 +62,6 @@ def attempt(breaker: CircuitBreaker, fn: Callable[[], object]) -> str:
     except RemoteDown:
         return "failed"
     return "ran"
-
-
-def in_child(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a forked process and return its result (its exception fails the test)."""
-    queue = FORK.Queue()
-
-    def run() -> None:
-        try:
-            queue.put(("ok", fn()))
-        except BaseException:
-            queue.put(("error", traceback.format_exc()))
-
-    process = FORK.Process(target=run)
-    process.start()
-    kind, value = queue.get(timeout=30)
-    process.join(10)
-    if kind == "error":
-        raise AssertionError(f"child failed:\n{value}")
-    return value
 
 
 def run_processes(target: Callable[[Any], dict[str, Any]], count: int = PROCESSES,

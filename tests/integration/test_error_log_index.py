@@ -160,29 +160,19 @@ def test_a_log_deleted_and_made_again_starts_a_fresh_index(server: RedisServer,
     check_agree(client, url)
 
 
-def test_without_scripts_every_record_is_kept_and_found(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_without_scripts_every_record_is_kept_and_found() -> None:
     """A Redis that refuses scripts still gets every record, and ``--task`` scans for them."""
-    import subprocess
-
-    from tests.servers import _wait_ready, free_port
-
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path), "--enable-debug-command", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_redis()
     try:
-        _wait_ready(port, proc)
-        client = redis.Redis(port=port)
-        client.acl_setuser("default", enabled=True, nopass=True, commands=["+@all", "-@scripting"],
-                           keys=["*"], channels=["*"], reset=True)
-        url = f"redis://127.0.0.1:{port}/0"
+        server.client().acl_setuser("default", enabled=True, nopass=True, reset=True,
+                                    commands=["+@all", "-@scripting"], keys=["*"],
+                                    channels=["*"])
+        url = f"{server.url}/0"
         write_through_sink(url, random.Random(6), 400, start=0)
-        client = redis.Redis(port=port)
+        client = server.client()
         assert client.xlen(ERRORS) == 400
         flt = RecordFilter(tasks=("billing.reconcile",))
         got = [e.id for e in GuardStreams(url, PREFIX).scan(ERRORS, Window(), flt)]
         assert got == brute_force(client, flt, Window(), None) and got
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
