@@ -49,7 +49,7 @@ from telemetry_guard.cli.streams import GuardStreams  # noqa: E402
 from telemetry_guard.core.classify import Severity  # noqa: E402
 from telemetry_guard.core.events import FailureEvent  # noqa: E402
 from telemetry_guard.core.redact import Redactor  # noqa: E402
-from telemetry_guard.stores.keys import index_key, indexed_since_key  # noqa: E402
+from telemetry_guard.stores.keys import index_key, indexed_since_key, writer_key  # noqa: E402
 from telemetry_guard.stores.scripts import bind  # noqa: E402
 
 APP = "benchmarks.apps.bare"
@@ -131,8 +131,8 @@ def fill(client: Any, records: int, seed: int = 7, *, indexed: bool = True
         raw = record_for(i, ms / 1000, task, severity, rng)
         size += len(raw)
         if indexed:
-            add(keys=[KEY, index_key(KEY, task), indexed_since_key(KEY)],
-                args=[records, "record", raw], client=pipe)
+            add(keys=[KEY, index_key(KEY, task), indexed_since_key(KEY), writer_key(KEY, "bench")],
+                args=[records, 0, "record", raw], client=pipe)
         else:
             pipe.xadd(KEY, {"record": raw}, id=f"{ms}-{i}")
         if i % 2000 == 1999:

@@ -1,12 +1,13 @@
 """A breaker's keys in Redis: their names, how long they live, and which values are valid.
 
-Keys (``<prefix>`` defaults to ``telemetry_guard:``):
+Keys (``<prefix>`` defaults to ``telemetry_guard:``), hash-tagged with the breaker's name so
+that all three live in one Redis Cluster slot (one layout in every mode):
 
-- ``<prefix>breaker:<name>`` hash: ``state``, ``mode``, ``gen``, ``fails``, ``opened_at`` and
+- ``<prefix>breaker:{<name>}`` hash: ``state``, ``mode``, ``gen``, ``fails``, ``opened_at`` and
   ``ho_since`` (server milliseconds), ``ho_ok`` (half-open successes), ``permit_seq``, and the
   failure-rate window's ``w_pos``, ``w_count``, ``w_fail``;
-- ``<prefix>breaker:<name>:permits`` zset: half-open trial permits, score = lease expiry (ms);
-- ``<prefix>breaker:<name>:window`` bitmap: the last ``window_size`` outcomes (1 = failure).
+- ``<prefix>breaker:{<name>}:permits`` zset: half-open trial permits, score = lease expiry (ms);
+- ``<prefix>breaker:{<name>}:window`` bitmap: the last ``window_size`` outcomes (1 = failure).
 
 A hash holding values no breaker writes (an unknown state or mode; a count or moment that is
 not a plain integer, such as ``nan``, ``inf``, ``1e300`` or text; a moment far ahead of Redis'
@@ -62,10 +63,40 @@ class InvalidBreakerState(ValueError):
         self.fields = fields
 
 
+def breaker_hash_key(key_prefix: str, name: str) -> str:
+    """The key of the breaker's hash: ``<prefix>breaker:{<name>}``."""
+    return f"{key_prefix}breaker:{{{name}}}"
+
+
 def breaker_keys(key_prefix: str, name: str) -> tuple[bytes, bytes, bytes]:
-    """The breaker's hash, permits and window keys, in the order the script takes them."""
+    """The breaker's hash, permits and window keys, in the order the script takes them.
+
+    ValueError when they would not share a cluster slot (a name starting with ``}`` makes
+    an empty hash tag).
+    """
+    from redis.crc import key_slot
+
+    key = breaker_hash_key(key_prefix, name)
+    keys = key.encode(), f"{key}:permits".encode(), f"{key}:window".encode()
+    if len({key_slot(k) for k in keys}) != 1:
+        raise ValueError(f"breaker name {name!r} cannot be a Redis hash tag (it may not be "
+                         "empty or start with '}')")
+    return keys
+
+
+def breaker_name_of(key_prefix: str, key: str) -> str | None:
+    """The breaker whose hash ``key`` is (``<prefix>breaker:{<name>}``), else None."""
+    base = f"{key_prefix}breaker:{{"
+    if key.startswith(base) and key.endswith("}") and len(key) > len(base) + 1:
+        return key[len(base):-1]
+    return None
+
+
+def legacy_breaker_keys(key_prefix: str, name: str) -> tuple[str, str, str]:
+    """The keys of a breaker before 0.2: ``<prefix>breaker:<name>`` and its two siblings
+    (not hash-tagged: unusable in Redis Cluster; ``breakers migrate-keys`` moves them)."""
     key = f"{key_prefix}breaker:{name}"
-    return key.encode(), f"{key}:permits".encode(), f"{key}:window".encode()
+    return key, f"{key}:permits", f"{key}:window"
 
 
 def key_ttl(config: BreakerConfig) -> float:

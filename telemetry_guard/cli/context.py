@@ -119,9 +119,12 @@ class CliContext:
             app = self.get_app()
             with one_line_errors(f"the telemetry_guard settings of {self.where}"):
                 from ..integration.config import check_budget_has_redis
+                from ..stores.redis_client import use_redis_options
 
                 settings = settings_of(app)
                 check_budget_has_redis(settings.retry_budget, settings.redis_url)
+                if settings.redis_url:  # every client the CLI builds connects as the app's
+                    use_redis_options(settings.redis_url, settings.redis_options)
             self._settings = settings
         return self._settings
 

@@ -6,8 +6,10 @@ from typing import Any
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel", "redis+socket"})
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "librabbitmq"})
-#: Broker URLs that are plain Redis URLs, usable as the guard's own Redis.
-PLAIN_REDIS_SCHEMES = frozenset({"redis", "rediss"})
+#: Broker URLs usable as the guard's own Redis (a Sentinel one with its ``master_name``).
+GUARD_REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel"})
+#: The broker's TLS and Sentinel settings that are redis-py keywords of the guard's client.
+_SSL_KEYS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 #: Seconds before an unacknowledged message is delivered again, per transport.
 DEFAULT_REDELIVERY_HORIZONS: dict[str, float] = {
@@ -31,10 +33,30 @@ def broker_scheme(broker_url: Any) -> str:
 
 
 def redis_url_of(broker_url: Any) -> str | None:
-    """The broker's URL when it is a plain Redis one (the first of a failover list)."""
-    if isinstance(broker_url, str) and broker_url.split("://", 1)[0] in PLAIN_REDIS_SCHEMES:
-        return broker_url.split(";", 1)[0]
-    return None
+    """The broker's URL when it is a Redis one (a plain one: the first of a failover list;
+    a Sentinel one: all its sentinels)."""
+    if not isinstance(broker_url, str):
+        return None
+    scheme = broker_url.split("://", 1)[0].lower()
+    if scheme not in GUARD_REDIS_SCHEMES:
+        return None
+    return broker_url if scheme == "sentinel" else broker_url.split(";", 1)[0]
+
+
+def broker_redis_options(conf: Any) -> dict[str, Any]:
+    """The broker's own TLS and Sentinel settings, as the guard's ``redis_options``: for a
+    guard that uses the broker's Redis (``broker_use_ssl``, and ``master_name`` and
+    ``sentinel_kwargs`` from ``broker_transport_options``)."""
+    options: dict[str, Any] = {}
+    transport = conf.get("broker_transport_options") or {}
+    if str(conf.broker_url or "").lower().startswith("sentinel://"):
+        for name in ("master_name", "sentinel_kwargs"):
+            if transport.get(name) is not None:
+                options[name] = transport[name]
+    use_ssl = conf.get("broker_use_ssl")
+    if isinstance(use_ssl, dict):
+        options.update({k: v for k, v in use_ssl.items() if k in _SSL_KEYS})
+    return options
 
 
 def default_redelivery_horizon(broker_url: Any) -> float | None:

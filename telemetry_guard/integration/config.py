@@ -16,11 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.brokers import default_redelivery_horizon, redis_url_of
+from ..core.brokers import broker_redis_options, default_redelivery_horizon, redis_url_of
 from ..core.channels import EMAIL, SENTRY
 from ..core.policy import RetryPolicy, policy_from_setting
 from ..core.redact import DEFAULT_REDACT_KEYS, parse_redact_keys
 from ..stores.budget import BudgetConfig
+from ..stores.redis_options import check_redis_options, check_redis_target
 
 CONF_PREFIX = "telemetry_guard_"
 ENV_PREFIX = "TELEMETRY_GUARD_"
@@ -40,6 +41,7 @@ class Settings:
     """Everything ``TelemetryGuard`` reads, resolved once."""
 
     redis_url: str | None = None
+    redis_options: Mapping[str, Any] = field(default_factory=dict)
     key_prefix: str = "telemetry_guard:"
     error_log_maxlen: int = 10_000
     dead_letter_maxlen: int = 100_000
@@ -113,6 +115,17 @@ class Settings:
             values[f.name] = _coerce(f.name, raw, source)
         if "redis_url" not in values:  # an explicit None (keyword, env "none") turns it off
             values["redis_url"] = redis_url_of(conf.broker_url)
+            if values["redis_url"] and "redis_options" not in values:
+                values["redis_options"] = broker_redis_options(conf)
+                if (values["redis_url"].startswith("sentinel://")
+                        and "master_name" not in values["redis_options"]):
+                    values["redis_url"] = None  # kombu's transport cannot use it either
+        if values.get("redis_url"):
+            try:
+                target = check_redis_target(values["redis_url"], values.get("redis_options"))
+            except ValueError as exc:
+                raise ValueError(f"telemetry_guard Redis: {exc}") from None
+            values["redis_options"] = dict(target.options)
         if values.get("redelivery_horizon") is None:
             values["redelivery_horizon"] = _redelivery_horizon(conf)
         return cls(**values)
@@ -127,7 +140,7 @@ def check_budget_has_redis(budget: Any, redis_url: str | None) -> None:
 
 def _parse_env(name: str, text: str) -> Any:
     """Turn an environment string into a value; JSON for structured settings."""
-    if name in ("routes", "email", "default_retry_policy", "retry_budget"):
+    if name in ("routes", "email", "default_retry_policy", "retry_budget", "redis_options"):
         try:
             return json.loads(text)
         except ValueError as exc:
@@ -184,6 +197,8 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if mode not in SENTRY_FINGERPRINTS:
                 raise ValueError(f"must be one of {', '.join(SENTRY_FINGERPRINTS)}, not {raw!r}")
             return mode
+        if name == "redis_options":
+            return check_redis_options(raw)
         if name == "email":
             if not isinstance(raw, Mapping):
                 raise ValueError("must be a dict of host, port, starttls, ssl, user, ...")

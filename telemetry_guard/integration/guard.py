@@ -27,6 +27,7 @@ from ..sinks.metrics import BreakerStateCollector, MetricsSink, get_metrics
 from ..sinks.sentry import SentrySink
 from ..sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink, current_ids
 from ..stores.budget import BudgetLifecycle, RetryBudget
+from ..stores.redis_client import use_redis_options
 from .callbacks import ErrorCallback, ErrorCallbacks
 from .celery_logs import CeleryLogScrubber
 from .celery_retry import (
@@ -142,6 +143,8 @@ class TelemetryGuard:
         """Everything the settings decide: redactors, router, sinks, breaker wiring."""
         s = Settings.from_app(self.app, self._overrides)
         check_budget_has_redis(s.retry_budget, s.redis_url)
+        if s.redis_url:
+            use_redis_options(s.redis_url, s.redis_options)
         self.settings = s
         self.router = Router(s.routes)
         self.redactor = Redactor(keys=s.redact_keys, max_value_chars=s.max_value_chars,

@@ -2,8 +2,14 @@
 
 Records are queued in a bounded in-process buffer and written by a background writer
 (``stores.background``) in batches (one pipelined round trip for many records), so a failing
-task never waits on Redis. Each record's id also goes to its task's index
-(``stores/lua/error_log_add.lua``), so ``errors list --task`` reads only that task's records.
+task never waits on Redis. A batch whose reply was lost (a connection dropped, a Sentinel
+failover) stays buffered and is sent again; each record carries its sequence number in this
+process, and the scripts skip those already written, so none is written twice. Behind
+Sentinel, a batch counts as written once a replica has it too (``WAIT``), so a master that
+dies right after a write does not take the records with it.
+
+Each record's id also goes to its task's index (``stores/lua/error_log_add.lua``), so
+``errors list --task`` reads only that task's records.
 Given-up tasks also go to the dead-letter stream with the original arguments, for replay, in
 the same pipeline: each through a script that keeps its task within its own retention
 (``dead_letter_maxlen``), so one task's give-ups never evict another's.
@@ -11,9 +17,14 @@ the same pipeline: each through a script that keeps its task within its own rete
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import socket
+import uuid
 from collections.abc import Callable
 from itertools import chain
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from kombu.utils.json import dumps as kombu_dumps
@@ -23,9 +34,9 @@ from ..core.redact import Redactor, safe_repr
 from ..core.sink import Sink
 from ..stores.background import BackgroundWriter, ItemQueue
 from ..stores.dead_letters import DEAD_STREAM, TASK_FIELD, Added, dead_fields
-from ..stores.keys import index_key, indexed_since_key
-from ..stores.redis_client import redis_client
-from ..stores.scripts import bind
+from ..stores.keys import index_key, indexed_since_key, writer_key
+from ..stores.redis_client import follows_failover, redis_client
+from ..stores.scripts import bind, run_batch
 
 if TYPE_CHECKING:
     import redis
@@ -34,8 +45,9 @@ if TYPE_CHECKING:
 ErrorReporter = Callable[[str, "BaseException | None"], None]
 #: Told how many of a task's dead letters its retention removed: ``(task, count)``.
 EvictionReporter = Callable[[str, int], None]
-#: A buffered record: stream key, fields, its task, and whether it is a dead letter.
-Pending = tuple[str, dict[str, str], str, bool]
+#: A buffered record: stream key, fields, its task, whether it is a dead letter, and its
+#: sequence number in this process.
+Pending = tuple[str, dict[str, str], str, bool, int]
 
 ERRORS_STREAM = "errors"
 BATCH_SIZE = 500
@@ -47,6 +59,11 @@ EXIT_FLUSH_TIMEOUT = 2.0
 #: Connect and read timeout of the error log's Redis client, in seconds (no retry: the
 #: writer keeps the batch and tries again after its backoff).
 SOCKET_TIMEOUT = 2.0
+#: Behind Sentinel: milliseconds a batch waits for a replica to acknowledge it (``WAIT``);
+#: a replica slower than that does not hold the writer up any longer.
+REPLICA_WAIT_MS = 1000
+#: Seconds batches are not waited on after no replica acknowledged one (none is connected).
+NO_REPLICA_PAUSE = 30.0
 
 
 class ErrorLogSink(Sink):
@@ -77,6 +94,9 @@ class ErrorLogSink(Sink):
         self._on_evicted = on_evicted or (lambda task, count: None)
         # Wake on a timer rather than per record (fewer thread switches on the task's core,
         # larger batches per round trip), at once when a batch fills.
+        self._sequence = itertools.count(1)
+        self._no_replica_until = 0.0
+        self._writer_id = _writer_id()
         self._writer = BackgroundWriter(
             "telemetry_guard-errorlog", self._write,
             lambda: ItemQueue(buffer_size, BATCH_SIZE), linger=self.batch_interval,
@@ -90,12 +110,13 @@ class ErrorLogSink(Sink):
         # The event's fields are already redacted: only bound the record's size here.
         record = self.redactor.bound_json(event.as_record())
         task = event.task_name
+        sequence = self._sequence
         if event.retried or event.replay is None:
-            self._writer.add((self.errors_key, {"record": record}, task, False))
+            self._writer.add((self.errors_key, {"record": record}, task, False, next(sequence)))
             return
         dead = {"record": record, "replay": _dumps_replay(event.replay)}
-        self._writer.add_all(((self.errors_key, {"record": record}, task, False),
-                              (self.dead_key, dead, task, True)))
+        self._writer.add_all(((self.errors_key, {"record": record}, task, False, next(sequence)),
+                              (self.dead_key, dead, task, True, next(sequence))))
 
     # -- the writer's side ---------------------------------------------------------------
     def _write(self, batch: list[Pending]) -> None:
@@ -105,25 +126,21 @@ class ErrorLogSink(Sink):
         rest of the batch stands; a record whose script was refused is still added, without
         its index or retention, so it is never lost.
         """
-        import redis
-
         client, add_error, add_dead = self._connection()
-        pipe = client.pipeline(transaction=False)
-        for key, fields, task, dead in batch:
+        writer = self._writer_id
+        calls = []
+        for key, fields, task, dead, sequence in batch:
             if dead:
-                add_dead(keys=[key, index_key(key, task)],
-                         args=[self.dead_letter_maxlen, *dead_fields(task, fields)],
-                         client=pipe)
+                calls.append((add_dead, (key, index_key(key, task), writer_key(key, writer)),
+                              (self.dead_letter_maxlen, sequence, *dead_fields(task, fields))))
             else:
-                add_error(keys=[key, index_key(key, task), indexed_since_key(key)],
-                          args=[self.maxlen, *chain.from_iterable(fields.items())],
-                          client=pipe)
-        try:
-            replies = pipe.execute(raise_on_error=False)
-        except redis.ResponseError as exc:  # scripts refused before any ran (an ACL without them)
-            self._report_error(self.name, exc)
-            self._add_plainly(client, batch)
-            return
+                calls.append((add_error, (key, index_key(key, task), indexed_since_key(key),
+                                          writer_key(key, writer)),
+                              (self.maxlen, sequence, *chain.from_iterable(fields.items()))))
+        replies = run_batch(client, calls)
+        if follows_failover(client) and monotonic() >= self._no_replica_until:
+            if not client.execute_command("WAIT", 1, REPLICA_WAIT_MS):
+                self._no_replica_until = monotonic() + NO_REPLICA_PAUSE
         evicted: dict[str, int] = {}
         refused: list[Pending] = []
         for pending, reply in zip(batch, replies, strict=True):
@@ -146,7 +163,7 @@ class ErrorLogSink(Sink):
         """Records whose script was refused, added without it: indexing stops being
         promised (``errors list --task`` scans) until a script writes again."""
         pipe = client.pipeline(transaction=False)
-        for key, fields, task, dead in refused:
+        for key, fields, task, dead, _ in refused:
             if dead:
                 pipe.xadd(key, {**fields, TASK_FIELD: task})  # type: ignore[arg-type]
             else:
@@ -161,6 +178,7 @@ class ErrorLogSink(Sink):
 
     # -- lifecycle ---------------------------------------------------------------------
     def after_fork(self) -> None:
+        self._writer_id = _writer_id()
         self._writer.reset()
 
     def flush(self, timeout: float = 5.0) -> None:
@@ -168,6 +186,11 @@ class ErrorLogSink(Sink):
 
     def close(self) -> None:
         self._writer.close()
+
+
+def _writer_id() -> str:
+    """This process's name as a writer of the streams: unique across hosts and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _dumps_replay(replay: dict[str, Any]) -> str:

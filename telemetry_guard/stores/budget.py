@@ -48,12 +48,10 @@ from dataclasses import dataclass, fields
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from redis.exceptions import NoScriptError
-
 from ..core.sink import Sink
 from .background import BackgroundWriter, Tally
 from .redis_client import redis_client
-from .scripts import bind
+from .scripts import bind, run_batch
 
 if TYPE_CHECKING:
     import redis
@@ -224,16 +222,12 @@ class RetryBudget:
     def _write(self, batch: dict[str, int]) -> None:
         """All scopes' deposits in one pipelined round trip (no withdrawal)."""
         client, script = self._connection()
-        for _ in range(2):
-            pipe = client.pipeline(transaction=False)
-            for scope, deposits in batch.items():
-                pipe.evalsha(script.sha, 1, self._key_base + scope, *self._args, deposits, 0)
-            try:
-                pipe.execute()
-                return
-            except NoScriptError:  # a restarted or flushed server: load the script, once
-                script.sha = client.script_load(script.script)
-        raise NoScriptError("retry budget script still unknown after SCRIPT LOAD")
+        replies = run_batch(client, [(script, (self._key_base + scope,),
+                                      (*self._args, deposits, 0))
+                                     for scope, deposits in batch.items()])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
 
     def _connection(self) -> tuple[redis.Redis, Script]:
         """This process's shared client and the script bound to it."""

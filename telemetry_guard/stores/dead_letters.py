@@ -36,7 +36,8 @@ def claims_key(stream_key: str) -> str:
 
 
 def dead_fields(task: str, fields: dict[str, str]) -> list[str]:
-    """ARGV of ``dead_letter_add.lua`` after the retention: field, value pairs plus the task."""
+    """ARGV of ``dead_letter_add.lua`` after the retention and the sequence number: field,
+    value pairs plus the task."""
     flat: list[str] = []
     for name, value in fields.items():
         flat += [name, value]
@@ -62,7 +63,7 @@ def add_dead_letter(client: Any, stream_key: str, task: str, fields: dict[str, s
     """Add one dead letter now (one round trip), trimming only ``task``'s oldest entries."""
     add = bind(client, "dead_letter_add")
     reply = add(keys=[stream_key, index_key(stream_key, task)],
-                args=[maxlen, *dead_fields(task, fields)])
+                args=[maxlen, 0, *dead_fields(task, fields)])
     return Added.of(reply)
 
 

@@ -23,3 +23,9 @@ def index_key(stream_key: str, task: str) -> str:
 def indexed_since_key(stream_key: str) -> str:
     """The id from which every entry of ``stream_key`` is in its task's index."""
     return f"{slot_base(stream_key)}:indexed_since"
+
+
+def writer_key(stream_key: str, writer: str) -> str:
+    """The last sequence number ``writer`` (one process) wrote to ``stream_key``: a batch sent
+    again after a lost reply skips the records already written."""
+    return f"{slot_base(stream_key)}:writer:{writer}"

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import redis
@@ -40,3 +41,40 @@ def bind(client: redis.Redis, name: str) -> Script:
         if script is None:
             script = scripts[name] = client.register_script(lua(name))
         return script
+
+
+#: One script call of a batch: the bound script, its keys and its arguments.
+ScriptCall = tuple["Script", Sequence[Any], Sequence[Any]]
+
+
+def run_batch(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Script calls in one pipelined round trip: each call's reply, or its error, in order.
+
+    Calls go by ``EVALSHA`` alone. One the server answers ``NOSCRIPT`` (a cluster node or a
+    promoted replica that never loaded it, a restarted server) did not run: its script is
+    loaded (``SCRIPT LOAD``, on every master of a cluster) and the call sent again. A lost
+    connection raises, as any command's would.
+    """
+    from redis.exceptions import NoScriptError
+
+    replies = _send(client, calls)
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        scripts = {id(calls[i][0]): calls[i][0] for i in missing}
+        try:
+            for script in scripts.values():
+                script.sha = client.script_load(script.script)
+        except Exception as exc:  # scripts refused (an ACL): the calls stay failed
+            for i in missing:
+                replies[i] = exc
+            return replies
+        for i, reply in zip(missing, _send(client, [calls[i] for i in missing]), strict=True):
+            replies[i] = reply
+    return replies
+
+
+def _send(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    return list(pipe.execute(raise_on_error=False))

@@ -26,6 +26,11 @@ from tests.breakers import Heard
 
 PREFIX = "telemetry_guard:breaker:"
 
+
+def hkey(name: str, suffix: str = "") -> str:
+    """A breaker's key as Redis holds it: hash-tagged with the breaker's name."""
+    return f"{PREFIX}{{{name}}}{suffix}"
+
 #: Field values no breaker writes, each with the fields the script then names.
 GARBAGE: list[tuple[dict[str, str], tuple[str, ...]]] = [
     ({"state": "bogus"}, ("state",)),
@@ -51,7 +56,7 @@ GARBAGE: list[tuple[dict[str, str], tuple[str, ...]]] = [
 def garble(url: str, name: str, values: dict[str, str]) -> redis.Redis:
     """Write ``values`` into the breaker's hash as an unlucky operator or a bad script would."""
     client = redis.Redis.from_url(url)
-    client.hset(PREFIX + name, mapping=values)  # type: ignore[arg-type]
+    client.hset(hkey(name), mapping=values)  # type: ignore[arg-type]
     return client
 
 
@@ -88,17 +93,17 @@ def test_reset_repairs_a_garbled_breaker_and_redis_is_shared_again(
     name = unique("reset")
     breaker = CircuitBreaker(name, redis_url=redis_url, failure_threshold=2, reset_timeout=30.0)
     client = garble(redis_url, name, {**values, "junk": "\x07"})
-    client.set(f"{PREFIX}{name}:permits", "not a zset")
+    client.set(hkey(name, ":permits"), "not a zset")
     breaker.call(lambda: None)  # on the fallback
     breaker.reset()
-    stored = client.hgetall(PREFIX + name)
+    stored = client.hgetall(hkey(name))
     assert stored[b"state"] == b"closed" and b"junk" not in stored
     assert not stored_problems({f: stored.get(f.encode()) for f in FIELDS}, now_ms(client))
-    assert client.exists(f"{PREFIX}{name}:permits") == 0
+    assert client.exists(hkey(name, ":permits")) == 0
     for _ in range(2):
         with pytest.raises(ZeroDivisionError):
             breaker.call(lambda: 1 / 0)
-    assert client.hget(PREFIX + name, "state") == b"open"
+    assert client.hget(hkey(name), "state") == b"open"
     other = CircuitBreaker(name, redis_url=redis_url, failure_threshold=2, reset_timeout=30.0)
     with pytest.raises(CircuitOpenError):
         other.call(lambda: None)
@@ -111,14 +116,14 @@ def test_side_keys_of_the_wrong_type_fail_open_until_reset_deletes_them(
     breaker = CircuitBreaker(name, redis_url=redis_url, failure_rate_threshold=0.5,
                              minimum_calls=50)
     client = redis.Redis.from_url(redis_url)
-    client.rpush(f"{PREFIX}{name}:window", "x")
-    client.hset(PREFIX + name, mapping={"state": "closed", "w_count": "1", "w_pos": "1"})
+    client.rpush(hkey(name, ":window"), "x")
+    client.hset(hkey(name), mapping={"state": "closed", "w_count": "1", "w_pos": "1"})
     assert breaker.call(lambda: "ran") == "ran"
     assert [sink for sink, _ in heard.errors] == ["breaker_store"]
     breaker.reset()
-    assert client.exists(f"{PREFIX}{name}:window") == 0
+    assert client.exists(hkey(name, ":window")) == 0
     assert breaker.call(lambda: "ran") == "ran"
-    assert client.hget(PREFIX + name, "w_count") == b"1" and len(heard.errors) == 1
+    assert client.hget(hkey(name), "w_count") == b"1" and len(heard.errors) == 1
 
 
 @pytest.mark.parametrize("command", ["force_open", "set_mode"])
@@ -133,7 +138,7 @@ def test_the_other_commands_repair_too(redis_url: str, command: str) -> None:
     else:
         breaker.set_mode("metrics_only")
         expected = (b"closed", b"metrics_only", b"1")
-    assert tuple(client.hmget(PREFIX + name, "state", "mode", "gen")) == expected
+    assert tuple(client.hmget(hkey(name), "state", "mode", "gen")) == expected
 
 
 def test_with_fail_closed_a_garbled_breaker_still_runs_the_call(
@@ -209,7 +214,7 @@ def test_the_script_and_the_clis_check_agree_on_what_is_invalid(
     name = unique("agree")
     client = redis.Redis.from_url(redis_url)
     if values:
-        client.hset(PREFIX + name, mapping=values)  # type: ignore[arg-type]
+        client.hset(hkey(name), mapping=values)  # type: ignore[arg-type]
     now = now_ms(client)
     moments = [int(values[f]) for f in ("opened_at", "ho_since")
                if values.get(f, "").isascii() and values.get(f, "").isdigit()]
@@ -236,7 +241,7 @@ def feed(store: RedisBreakerStore, outcomes: str) -> None:
 
 
 def window_fields(url: str, name: str) -> tuple[int, int, int]:
-    raw = redis.Redis.from_url(url).hmget(PREFIX + name, "w_pos", "w_count", "w_fail")
+    raw = redis.Redis.from_url(url).hmget(hkey(name), "w_pos", "w_count", "w_fail")
     return int(raw[0]), int(raw[1]), int(raw[2])
 
 
@@ -265,7 +270,7 @@ def test_a_larger_window_size_keeps_the_outcomes_in_order(redis_url: str) -> Non
     larger = store_with_window(redis_url, name, 10, 0.9)
     feed(larger, "FF")
     assert window_fields(redis_url, name) == (6, 6, 3)
-    bits = redis.Redis.from_url(redis_url).get(f"{PREFIX}{name}:window") or b""
+    bits = redis.Redis.from_url(redis_url).get(hkey(name, ":window")) or b""
     outcomes = "".join("F" if bits[i // 8] >> (7 - i % 8) & 1 else "S" for i in range(6))
     assert outcomes == "SSSFFF"
     assert math.isclose(larger.snapshot().failure_rate or 0.0, 0.5)

@@ -17,6 +17,11 @@ from tests.breakers import CountingConnection
 from tests.servers import free_port
 
 PREFIX = "telemetry_guard:breaker:"
+
+
+def hkey(name: str, suffix: str = "") -> str:
+    """A breaker's key as Redis holds it: hash-tagged with the breaker's name."""
+    return f"{PREFIX}{{{name}}}{suffix}"
 DAY_MS = int(KEY_TTL_MIN * 1000)
 
 
@@ -34,7 +39,7 @@ def ttls(url: str, name: str) -> dict[str, int]:
     client = redis.Redis.from_url(url)
     found = {}
     for suffix in ("", ":permits", ":window"):
-        ttl = client.pttl(PREFIX + name + suffix)
+        ttl = client.pttl(hkey(name, suffix))
         if ttl != -2:
             found[suffix.lstrip(":") or "hash"] = ttl
     return found
@@ -98,11 +103,11 @@ def test_a_key_written_without_ttl_gets_one_on_its_next_call(redis_url: str) -> 
     """A hash from before expiries existed (no TTL) is given one by the next outcome."""
     name = unique("legacy")
     client = redis.Redis.from_url(redis_url)
-    client.hset(PREFIX + name, mapping={"state": "closed", "mode": "normal", "gen": "0",
+    client.hset(hkey(name), mapping={"state": "closed", "mode": "normal", "gen": "0",
                                         "fails": "0"})
-    assert client.pttl(PREFIX + name) == -1
+    assert client.pttl(hkey(name)) == -1
     CircuitBreaker(name, redis_url=redis_url).call(lambda: None)
-    assert 0 < client.pttl(PREFIX + name) <= DAY_MS
+    assert 0 < client.pttl(hkey(name)) <= DAY_MS
 
 
 # -- one round trip for every state ------------------------------------------------------------
@@ -142,7 +147,7 @@ def test_a_garbled_breaker_reads_as_no_state(redis_url: str) -> None:
     """states() marks a breaker whose hash is invalid with None."""
     name = unique("garbled")
     breaker = CircuitBreaker(name, redis_url=redis_url)
-    redis.Redis.from_url(redis_url).hset(PREFIX + name, "state", "bogus")
+    redis.Redis.from_url(redis_url).hset(hkey(name), "state", "bogus")
     assert states([breaker]) == {name: None}
 
 

@@ -108,7 +108,7 @@ def race_once(url: str, name: str) -> None:
     breaker = breaker_on(url, name, failure_threshold=threshold, reset_timeout=reset_timeout,
                          half_open_max_calls=max_calls)
     breaker.snapshot()  # the parent has a client and a view: children must rebuild theirs
-    key = f"telemetry_guard:breaker:{name}"
+    key = f"telemetry_guard:breaker:{{{name}}}"
 
     def hammer(barrier: Any) -> dict[str, Any]:
         raw = redis.Redis.from_url(url)
@@ -416,7 +416,7 @@ def test_the_breaker_returns_to_redis_when_it_is_back(
             assert attempt(breaker, boom) == "failed"
         assert [e["event"] for e in logs] == ["breaker.store_unavailable",
                                               "breaker.store_recovered"]
-        assert server.client().hget("telemetry_guard:breaker:outage", "fails") == b"1"
+        assert server.client().hget("telemetry_guard:breaker:{outage}", "fails") == b"1"
     finally:
         server.stop()
 
@@ -435,7 +435,7 @@ def test_without_a_redis_url_the_breaker_waits_for_the_guards_default(
         set_default_redis_url(redis_url)
         assert attempt(breaker, boom) == "failed"
         raw = redis.Redis.from_url(redis_url)
-        assert raw.hget("telemetry_guard:breaker:unconfigured", "fails") == b"1"
+        assert raw.hget("telemetry_guard:breaker:{unconfigured}", "fails") == b"1"
     finally:
         set_default_redis_url(None)
 

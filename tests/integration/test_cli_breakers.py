@@ -183,9 +183,9 @@ def test_a_garbled_breaker_is_shown_invalid_its_task_still_runs_and_reset_repair
     and `show` print `invalid` with the raw fields (escaped) and exit 1, `reset` repairs."""
     env = cli_env(redis_url)
     client = redis.Redis.from_url(redis_url)
-    client.hset("telemetry_guard:breaker:cli.payments",
+    client.hset("telemetry_guard:breaker:{cli.payments}",
                 mapping={"state": "open", "opened_at": "1e300", "mode": "x\x1b[2J"})
-    client.hset("telemetry_guard:breaker:cli.garbled", mapping={"state": "bogus", "fails": "nan"})
+    client.hset("telemetry_guard:breaker:{cli.garbled}", mapping={"state": "bogus", "fails": "nan"})
     assert charge(producer, "g-1") == "charged:g-1"
     assert charge(producer, "g-2") == "charged:g-2"
     assert runs(redis_url) == 2
@@ -279,8 +279,8 @@ def test_list_shows_breakers_found_only_in_redis_and_skips_their_side_keys(
                                redis_url=redis_url)
     remote.force_open()
     client = redis.Redis.from_url(redis_url)
-    client.zadd("telemetry_guard:breaker:cli.remote:permits", {"1:1": 1})
-    client.setbit("telemetry_guard:breaker:cli.remote:window", 0, 1)
+    client.zadd("telemetry_guard:breaker:{cli.remote}:permits", {"1:1": 1})
+    client.setbit("telemetry_guard:breaker:{cli.remote}:window", 0, 1)
 
     for args in (("--json", "breakers", "list"), ("breakers", "--json", "list"),
                  ("breakers", "list", "--json"), ("breakers", "--json")):
@@ -298,7 +298,7 @@ def test_list_shows_breakers_found_only_in_redis_and_skips_their_side_keys(
 
     closed = invoke(runner, celery_app, "breakers", "close", "cli.remote", "--json")
     assert closed.exit_code == 0, closed.output
-    assert client.hget("telemetry_guard:breaker:cli.remote", "state") == b"closed"
+    assert client.hget("telemetry_guard:breaker:{cli.remote}", "state") == b"closed"
 
 
 def test_breaker_commands_go_through_the_guards_transition_listener(

@@ -153,9 +153,9 @@ def test_six_hundred_hosts_keep_breakers_labels_keys_and_scrapes_bounded(
     failed_open = int(store_errors() - failed_open_before)
     assert failed_open <= 3
     client = redis.Redis.from_url(redis_url)
-    hashes = [f"telemetry_guard:breaker:{name}" for name in names]
+    hashes = [f"telemetry_guard:breaker:{{{name}}}" for name in names]
     assert sum(client.exists(key) for key in hashes) == HOSTS - failed_open
-    keys = list(client.scan_iter(match="telemetry_guard:breaker:http:*", count=1000))
+    keys = list(client.scan_iter(match="telemetry_guard:breaker:{http:*", count=1000))
     assert len(keys) == 2 * (HOSTS - failed_open)  # the hash and the failure-rate window
     limit = key_ttl(BreakerConfig(**defaults)) * 1000
     pipe = client.pipeline(transaction=False)
@@ -174,7 +174,7 @@ def test_six_hundred_hosts_keep_breakers_labels_keys_and_scrapes_bounded(
     # read of every live breaker's hash costs, timed in the same run
     collector = BreakerStateCollector()
     list(collector.collect())
-    live = [f"telemetry_guard:breaker:{b.name}" for b in all_breakers()]
+    live = [f"telemetry_guard:breaker:{{{b.name}}}" for b in all_breakers()]
     timings, writes, references = [], [], []
     for _ in range(5):
         counted.writes = 0
