@@ -343,3 +343,36 @@ def test_main_without_an_app_is_a_usage_error(runner: CliRunner) -> None:
     assert done.exit_code == 2
     assert done.stderr.strip().splitlines() == [
         "Error: no app given: use -A/--app MODULE (or TELEMETRY_GUARD_APP)"]
+
+
+def test_migrate_keys_moves_breakers_from_the_old_layout_keeping_state_and_expiry(
+        runner: CliRunner, celery_app: Celery, redis_url: str) -> None:
+    """State an earlier release wrote under `<prefix>breaker:NAME` is moved to the hash-tagged
+    keys, expiry kept; a breaker that already has new state keeps it; the old keys go."""
+    client = redis.Redis.from_url(redis_url)
+    old = "telemetry_guard:breaker:"
+    client.hset(old + "cli.held", mapping={"state": "open", "mode": "forced_open", "gen": "3"})
+    client.hset(old + "cli.tripped", mapping={"state": "open", "mode": "normal", "gen": "1",
+                                              "fails": "5", "opened_at": "1"})
+    client.pexpire(old + "cli.tripped", 3_600_000)
+    client.zadd(old + "cli.tripped:permits", {"1:1": 1})
+    client.setbit(old + "cli.tripped:window", 3, 1)
+    RedisBreakerStore("cli.both", BreakerConfig(), redis_url=redis_url).force_open()
+    client.hset(old + "cli.both", mapping={"state": "closed", "mode": "normal", "gen": "0"})
+
+    done = invoke(runner, celery_app, "breakers", "migrate-keys", "--json")
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.stdout)
+    assert (report["moved"], report["kept_newer"]) == (["cli.held", "cli.tripped"], ["cli.both"])
+    assert not [k for k in client.scan_iter(match=old + "cli.*") if b"{" not in k]
+    assert client.hget("telemetry_guard:breaker:{cli.held}", "mode") == b"forced_open"
+    assert client.pttl("telemetry_guard:breaker:{cli.held}") == -1
+    assert 0 < client.pttl("telemetry_guard:breaker:{cli.tripped}") <= 3_600_000
+    assert client.getbit("telemetry_guard:breaker:{cli.tripped}:window", 3) == 1
+    assert client.zcard("telemetry_guard:breaker:{cli.tripped}:permits") == 1
+    held = RedisBreakerStore("cli.held", BreakerConfig(), redis_url=redis_url).snapshot()
+    assert (held.state, held.mode, held.generation) == ("open", "forced_open", 3)
+    assert client.hget("telemetry_guard:breaker:{cli.both}", "state") == b"open"
+
+    again = invoke(runner, celery_app, "breakers", "migrate-keys", "--json")
+    assert json.loads(again.stdout)["moved"] == []
