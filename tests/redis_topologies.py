@@ -1,4 +1,5 @@
-"""Private Redis servers in the shapes production runs: TLS, ACL, Sentinel, Cluster.
+"""Private Redis servers in the shapes production runs: TLS, ACL, unix socket, Sentinel,
+Cluster.
 
 Every topology is started from the one ``redis-server`` binary on free ports, in a temp
 dir of its own, and offers ``url`` and ``options`` (what a user would put in
@@ -240,6 +241,47 @@ def start_tls_redis() -> TlsRedis:
                                       **server.options)
         _wait_answers(processes, "redis-server", client,
                       " (is redis-server built with TLS support, BUILD_TLS=yes?)")
+        return server
+
+
+# --- unix socket ----------------------------------------------------------------------
+
+
+@dataclass
+class UnixRedis:
+    """A redis-server listening on a unix socket only (no TCP port)."""
+
+    socket_path: str
+    processes: _Processes
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}?db=0"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {}
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(unix_socket_path=self.socket_path)
+
+    def stop(self) -> None:
+        self.processes.stop()
+
+
+def start_unix_redis() -> UnixRedis:
+    """A redis-server on ``<workdir>/redis.sock``, its TCP port off."""
+    _require("redis-server")
+    processes = _Processes("tg-unix-redis-")
+    with _stopped_on_failure(processes):
+        path = processes.path("redis.sock")
+        processes.spawn("redis-server", [
+            "redis-server", *_BASE_ARGS, "--dir", processes.workdir, "--port", "0",
+            "--unixsocket", path, "--unixsocketperm", "700"])
+        server = UnixRedis(path, processes)
+        _wait_answers(processes, "redis-server",
+                      redis.Redis(unix_socket_path=path, socket_connect_timeout=0.5,
+                                  socket_timeout=2, retry=_no_retry()))
         return server
 
 

@@ -1,10 +1,12 @@
-"""Every breaker's state at once, for a metrics scrape: one round trip per Redis, no script."""
+"""Every breaker's state at once, for a metrics scrape: one round trip per Redis (two on a
+Redis Cluster, whose pipelines cannot carry TIME), no script."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..stores.redis_client import is_cluster, server_time_ms
 from .hooks import STORE_SINK, report_error
 from .redis_hash import FIELDS, stored_state
 from .redis_store import RedisBreakerStore, breaker_client
@@ -51,11 +53,16 @@ def read_states(stores: Iterable[RedisBreakerStore]) -> dict[str, str | None]:
             by_url.setdefault(url, []).append(store)
     for url, group in by_url.items():
         try:
-            pipe = breaker_client(url).pipeline(transaction=False)
-            pipe.time()
+            client = breaker_client(url)
+            pipe = client.pipeline(transaction=False)
+            clustered = is_cluster(client)
+            if not clustered:
+                pipe.time()  # in the same round trip; a cluster's pipeline cannot carry it
             for store in group:
                 pipe.hmget(store.keys[0], FIELDS)
-            read = _decode(pipe.execute())
+            replies = pipe.execute()
+            now_ms = server_time_ms(client) if clustered else _ms(replies.pop(0))
+            read = [stored_state(values, now_ms) for values in replies]
             found.update(zip((store.name for store in group), read, strict=True))
         except Exception as exc:
             report_error(STORE_SINK, exc)
@@ -64,8 +71,7 @@ def read_states(stores: Iterable[RedisBreakerStore]) -> dict[str, str | None]:
     return found
 
 
-def _decode(replies: Sequence[Any]) -> list[str | None]:
-    """The pipeline's replies (TIME, then one HMGET per breaker) as each breaker's state."""
-    seconds, micros = replies[0]
-    now_ms = seconds * 1000 + micros // 1000
-    return [stored_state(values, now_ms) for values in replies[1:]]
+def _ms(reply: Sequence[Any]) -> int:
+    """A TIME reply in milliseconds."""
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000

@@ -15,7 +15,7 @@ import redis
 from ..breaker import CircuitBreaker, all_breakers, get_breaker
 from ..breaker.redis_hash import FIELDS, breaker_hash_key, breaker_name_of, stored_problems
 from ..breaker.state import CLOSED
-from ..stores.redis_client import mask_url, new_redis_client
+from ..stores.redis_client import mask_url, new_redis_client, server_time_ms
 from .context import EXIT_PROBLEMS, UsageError
 
 if TYPE_CHECKING:
@@ -153,17 +153,17 @@ class BreakerIndex:
         """The stored fields a breaker cannot use (none: it is valid), and the hash as stored."""
         client = self.client(self.url_of(breaker))
         pipe = client.pipeline(transaction=False)
-        pipe.time()
         pipe.type(self.key_of(breaker))
         pipe.hgetall(self.key_of(breaker))
-        (seconds, micros), kind, stored = pipe.execute(raise_on_error=False)
+        kind, stored = pipe.execute(raise_on_error=False)
+        now_ms = server_time_ms(client)
         if kind not in (b"hash", b"none", "hash", "none"):
             return ("type",), {"type": _printable(kind if isinstance(kind, bytes)
                                                   else str(kind).encode())}
         if isinstance(stored, Exception):
             raise stored
         fields = {name: stored.get(name.encode()) for name in FIELDS}
-        problems = stored_problems(fields, seconds * 1000 + micros // 1000)
+        problems = stored_problems(fields, now_ms)
         if not problems:
             return (), {}
         raw = {}

@@ -139,3 +139,12 @@ def follows_failover(client: Any) -> bool:
     """Whether ``client`` is a Sentinel master's: its writes may be waited on by a replica."""
     pool = getattr(client, "connection_pool", None)
     return type(pool).__name__ == "SentinelConnectionPool"
+
+
+def server_time_ms(client: Any) -> int:
+    """Redis' clock in milliseconds (on a cluster: any node's, as a cluster has no one clock)."""
+    reply = client.time()
+    if isinstance(reply, dict):
+        reply = next(iter(reply.values()))
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000

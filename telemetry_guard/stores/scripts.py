@@ -14,6 +14,8 @@ from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from .redis_client import is_cluster
+
 if TYPE_CHECKING:
     import redis
     from redis.commands.core import Script
@@ -48,13 +50,39 @@ ScriptCall = tuple["Script", Sequence[Any], Sequence[Any]]
 
 
 def run_batch(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
-    """Script calls in one pipelined round trip: each call's reply, or its error, in order.
+    """Script calls in one pipelined round trip (per cluster node): each call's reply, or its
+    error, in order.
 
     Calls go by ``EVALSHA`` alone. One the server answers ``NOSCRIPT`` (a cluster node or a
     promoted replica that never loaded it, a restarted server) did not run: its script is
-    loaded (``SCRIPT LOAD``, on every master of a cluster) and the call sent again. A lost
-    connection raises, as any command's would.
+    loaded (``SCRIPT LOAD``) and the call sent again. On a Redis Cluster, calls are grouped
+    by the node that serves their first key's slot, each group one pipeline to its node; a
+    call answered ``MOVED``/``ASK`` (a slot migrating) is sent again through the cluster
+    client, which follows the redirection. A lost connection raises, as any command's would.
     """
+    if not is_cluster(client):
+        return _run_on(client, calls)
+    groups: dict[str, tuple[Any, list[int]]] = {}
+    for i, (_, keys, _) in enumerate(calls):
+        node = client.get_node_from_key(keys[0])
+        groups.setdefault(node.name, (node, []))[1].append(i)
+    replies: list[Any] = [None] * len(calls)
+    for node, indexes in groups.values():
+        answered = _run_on(client.get_redis_connection(node), [calls[i] for i in indexes])
+        for i, reply in zip(indexes, answered, strict=True):
+            replies[i] = reply
+    for i, reply in enumerate(replies):
+        if isinstance(reply, Exception) and str(reply).startswith(("MOVED", "ASK")):
+            script, keys, args = calls[i]
+            try:
+                replies[i] = script(keys=keys, args=args)
+            except Exception as exc:
+                replies[i] = exc
+    return replies
+
+
+def _run_on(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+    """``calls`` in one pipeline to one server, loading the scripts it lacks."""
     from redis.exceptions import NoScriptError
 
     replies = _send(client, calls)
