@@ -6,6 +6,10 @@ round trip), and a closed breaker with Redis storage; counts the commands each R
 sends (INFO commandstats: script calls plus anything issued outside a script). Medians of
 9 interleaved loops. Targets: memory adds < 5 µs per call; Redis costs <= 1 round trip per
 closed call.
+
+``--shapes standalone sentinel cluster`` times the closed Redis breaker against a Sentinel
+master and a three-master Cluster too (each started here, as the tests start them), beside a
+PING through the same client: still one round trip per call.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +63,12 @@ def command_calls(client: redis.Redis) -> Counter[str]:
 
 
 def round_trips(client: redis.Redis, fn: Callable[[], Any], calls: int) -> float:
-    """Commands a client sent per ``fn()``: scripts, plus any command no script runs."""
+    """Commands a client sent per ``fn()``: scripts, plus any command no script runs.
+
+    One call first, uncounted: a breaker idle for ``CLOSED_TRUST_INTERVAL`` asks Redis once
+    before trusting its closed view again (one more script, not per call).
+    """
+    fn()
     before = command_calls(client)
     for _ in range(calls):
         fn()
@@ -73,12 +83,67 @@ def noop() -> None:
     """The guarded function: does nothing, so the table shows the breaker's own cost."""
 
 
+def sends_per_call(fn: Callable[[], Any], calls: int) -> float:
+    """Requests this process sent per ``fn()``, counted where redis-py writes to a socket
+    (a pipeline is one): what the server counts would include a Sentinel's and a replica's
+    own commands to the master."""
+    from redis.connection import AbstractConnection
+
+    sends = 0
+    original = AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        nonlocal sends
+        sends += 1
+        original(self, command, check_health)
+
+    AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    try:
+        for _ in range(calls):
+            fn()
+    finally:
+        AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
+    return sends / calls
+
+
+def shape_rows(shapes: list[str], loops: int) -> list[tuple[str, float, float, float]]:
+    """Per shape: µs per closed-breaker call, µs per PING through the same client, and the
+    requests sent per call."""
+    from telemetry_guard.stores.redis_client import new_redis_client, use_redis_options
+    from tests.redis_topologies import start_cluster, start_sentinel_group
+
+    starts: dict[str, Callable[[], Any]] = {"sentinel": start_sentinel_group,
+                                            "cluster": start_cluster}
+    rows = []
+    for shape in shapes:
+        if shape == "standalone":
+            continue
+        started = starts[shape]()
+        try:
+            use_redis_options(started.url, started.options)
+            breaker = CircuitBreaker(f"bench-{shape}", redis_url=started.url)
+            for _ in range(200):
+                breaker.call(noop)
+            client = new_redis_client(started.url)
+            call = partial(breaker.call, noop)
+            cost = per_call({"breaker": call, "ping": client.ping}, loops)
+            call()  # uncounted, as in round_trips
+            sent = sends_per_call(call, 1000)
+            rows.append((shape, cost["breaker"], cost["ping"], sent))
+        finally:
+            started.stop()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loops", type=int, default=20000,
                         help="calls per timed loop for in-process rows (20000)")
     parser.add_argument("--redis-loops", type=int, default=2000,
                         help="calls per timed loop for rows that talk to Redis (2000)")
+    parser.add_argument("--shapes", nargs="+", default=["standalone"],
+                        choices=["standalone", "sentinel", "cluster"],
+                        help="Redis shapes to time the closed breaker on (standalone)")
     args = parser.parse_args(argv)
     server = start_redis()
     try:
@@ -129,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{'met' if worst <= 1 else 'MISSED'}")
     finally:
         server.stop()
+    shaped = shape_rows(args.shapes, args.redis_loops)
+    if shaped:
+        print()
+        print(f"{'shape':<12} {'breaker µs/call':>16} {'PING µs':>9} {'ratio':>6} "
+              f"{'round trips':>12}")
+        for shape, cost, ping_cost, sent in shaped:
+            print(f"{shape:<12} {cost:16.2f} {ping_cost:9.2f} {cost / ping_cost:6.2f} "
+                  f"{sent:12.3f}  target <= 1: {'met' if sent <= 1 else 'MISSED'}")
     return 0
 
 
