@@ -127,6 +127,9 @@ def test_failures_reach_the_error_log_and_dead_letters_which_the_cli_lists_and_r
     assert {r["exception_type"] for r in records} == {"LedgerCorrupt", "ValueError"}
     only = fleet.cli("errors", "list", "--task", "cli.archive", "--json")
     assert [json.loads(line)["task_id"] for line in only.stdout.splitlines()] == [sent[-1]]
+    stats = fleet.cli("errors", "stats", "--json")
+    assert {(row["task"], row["count"]) for row in map(json.loads, stats.stdout.splitlines())} \
+        == {("cli.charge", 3), ("cli.archive", 1)}
 
     dead = fleet.cli("dead", "list", "--json")
     assert dead.returncode == 0, dead.stderr
