@@ -6,10 +6,6 @@ dir of its own, and offers ``url`` and ``options`` (what a user would put in
 ``telemetry_guard_redis_url`` and ``telemetry_guard_redis_options``), ``client()`` (a
 plain redis-py client for assertions) and ``stop()`` (every process killed, the dir
 removed). A start that fails half way kills what it started and raises ``RuntimeError``.
-
-The module-scoped fixtures ``tls_redis``, ``acl_redis``, ``sentinel_group`` and
-``redis_cluster`` are defined here too: list ``"tests.redis_topologies"`` in the root
-conftest's ``pytest_plugins`` (or import the fixture into a test module) to use them.
 """
 
 from __future__ import annotations
@@ -23,13 +19,11 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import pytest
 import redis
 import redis.cluster
-import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
@@ -60,7 +54,6 @@ class _Processes:
     def __init__(self, prefix: str) -> None:
         self.workdir = tempfile.mkdtemp(prefix=prefix)
         self.running: dict[str, subprocess.Popen[bytes]] = {}
-        self.args: dict[str, list[str]] = {}
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
@@ -70,11 +63,6 @@ class _Processes:
         with open(self.path(f"{name}.log"), "ab") as log:
             self.running[name] = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
-        self.args[name] = args
-
-    def respawn(self, name: str) -> None:
-        """Start process ``name`` again with the arguments it was first started with."""
-        self.spawn(name, self.args[name])
 
     def log_tail(self, name: str, lines: int = 12) -> str:
         try:
@@ -307,10 +295,6 @@ class AclRedis:
         """The admin (``default`` user): may do anything, for the test's own checks."""
         return redis.Redis(host="127.0.0.1", port=self.port, password=ADMIN_PASSWORD)
 
-    def guard_client(self) -> redis.Redis:
-        """A client as the restricted ``guard`` user (what the guard itself connects as)."""
-        return redis.Redis.from_url(self.url, **self.options)
-
     def stop(self) -> None:
         self.processes.stop()
 
@@ -342,9 +326,8 @@ class SentinelGroup:
     master_name: str
     sentinel_ports: list[int]
     processes: _Processes
-    #: The port of each redis-server process (``master``, ``replica``), for kills and restarts.
+    #: The port of each redis-server process (``master``, ``replica``), for kills.
     server_ports: dict[str, int]
-    killed: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -353,11 +336,6 @@ class SentinelGroup:
     @property
     def options(self) -> dict[str, Any]:
         return {"master_name": self.master_name}
-
-    def sentinel(self) -> redis.sentinel.Sentinel:
-        """A redis-py ``Sentinel`` over all three sentinels."""
-        return redis.sentinel.Sentinel([("127.0.0.1", port) for port in self.sentinel_ports],
-                                       socket_timeout=1, socket_connect_timeout=0.5)
 
     def client(self) -> redis.Redis:
         """A plain client of the current master."""
@@ -382,7 +360,6 @@ class SentinelGroup:
         address = self.master_address()
         name = next(name for name, port in self.server_ports.items() if port == address[1])
         self.processes.kill(name)
-        self.killed.append(name)
         return address
 
     def wait_for_promotion(self, old_address: tuple[str, int],
@@ -409,21 +386,6 @@ class SentinelGroup:
             return address if role[0] in (b"master", "master") else None
 
         return _wait_until(promoted, "a replica promoted by the sentinels", timeout)
-
-    def restart_old_master(self, timeout: float = 30.0) -> tuple[str, int]:
-        """Start the last killed master again; returns its address once it is a replica."""
-        name = self.killed.pop()
-        port = self.server_ports[name]
-        self.processes.respawn(name)
-        _wait_answers(self.processes, name, _local(port))
-
-        def rejoined() -> bool:
-            with _local(port) as client:
-                info = client.info("replication")
-            return info.get("role") == "slave" and info.get("master_link_status") == "up"
-
-        _wait_until(rejoined, f"the old master ({name}) back as a replica", timeout)
-        return "127.0.0.1", port
 
     def stop(self) -> None:
         self.processes.stop()
@@ -631,38 +593,3 @@ def start_cluster(masters: int = 3) -> RedisClusterNodes:
         _wait_until(lambda: _cluster_serves_every_node(nodes),
                     "SET/GET through a cluster client on every master")
         return nodes
-
-
-# --- Fixtures -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tls_redis() -> Iterator[TlsRedis]:
-    """A TLS-only redis-server requiring client certificates."""
-    server = start_tls_redis()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def acl_redis() -> Iterator[AclRedis]:
-    """A redis-server with a password on ``default`` and a restricted ``guard`` user."""
-    server = start_acl_redis()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def sentinel_group() -> Iterator[SentinelGroup]:
-    """A master, a replica and three sentinels."""
-    group = start_sentinel_group()
-    yield group
-    group.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_cluster() -> Iterator[RedisClusterNodes]:
-    """A three-master Redis Cluster."""
-    cluster = start_cluster()
-    yield cluster
-    cluster.stop()
