@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..stores.keys import glob_escape
 from .redis_hash import breaker_keys, legacy_breaker_keys
 
 #: Keys per SCAN step.
@@ -24,12 +25,14 @@ class Migration:
 
     moved: list[str] = field(default_factory=list)
     kept_newer: list[str] = field(default_factory=list)
+    #: Names that cannot be a hash tag (starting with ``}``): left where they are.
+    unmovable: list[str] = field(default_factory=list)
 
 
 def legacy_breaker_names(client: Any, key_prefix: str) -> list[str]:
     """Breakers whose hash is still in the old layout (on every master of a cluster)."""
     base = f"{key_prefix}breaker:"
-    pattern = "".join("\\" + c if c in "*?[]\\" else c for c in base) + "*"
+    pattern = glob_escape(base) + "*"
     names = set()
     candidates = []
     for raw in client.scan_iter(match=pattern, count=SCAN_COUNT):
@@ -52,7 +55,11 @@ def migrate_breaker_keys(client: Any, key_prefix: str) -> Migration:
     done = Migration()
     for name in legacy_breaker_names(client, key_prefix):
         old = legacy_breaker_keys(key_prefix, name)
-        new = [k.decode() for k in breaker_keys(key_prefix, name)]
+        try:
+            new = [k.decode() for k in breaker_keys(key_prefix, name)]
+        except ValueError:
+            done.unmovable.append(name)
+            continue
         if client.exists(new[0]):
             done.kept_newer.append(name)
         else:

@@ -15,6 +15,7 @@ import redis
 from ..breaker import CircuitBreaker, all_breakers, get_breaker
 from ..breaker.redis_hash import FIELDS, breaker_hash_key, breaker_name_of, stored_problems
 from ..breaker.state import CLOSED
+from ..stores.keys import glob_escape
 from ..stores.redis_client import mask_url, new_redis_client, server_time_ms
 from .context import EXIT_PROBLEMS, UsageError
 
@@ -85,7 +86,7 @@ class BreakerIndex:
         if self.redis_url is None:
             return []
         client = self.client()
-        pattern = _glob_escape(f"{self.key_prefix}breaker:{{") + "*}"
+        pattern = glob_escape(f"{self.key_prefix}breaker:{{") + "*}"
         try:
             keys = list(client.scan_iter(match=pattern, count=SCAN_COUNT))
             pipe = client.pipeline(transaction=False)
@@ -194,9 +195,3 @@ def _text(value: bytes | str | None) -> str | None:
 
 def _source(breaker: CircuitBreaker) -> str:
     return "redis" if _built.get(breaker.name) is breaker else "app"
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-

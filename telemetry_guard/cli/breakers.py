@@ -269,7 +269,8 @@ def migrate_keys(ctx: click.Context) -> None:
         raise RedisUnavailable(f"cannot migrate breaker keys at {mask_url(index.redis_url)}: "
                                f"{type(exc).__name__}: {exc}") from None
     emit_one({"moved": done.moved, "kept_newer": done.kept_newer,
-              "redis": mask_url(index.redis_url)}, as_json=cli_context(ctx).as_json)
+              "unmovable": done.unmovable, "redis": mask_url(index.redis_url)},
+             as_json=cli_context(ctx).as_json)
 
 
 __all__ = ["breakers", "load_guard"]

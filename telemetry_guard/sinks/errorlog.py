@@ -92,11 +92,11 @@ class ErrorLogSink(Sink):
         self.redactor = redactor or Redactor()
         self._report_error = report_error or (lambda sink, exc: None)
         self._on_evicted = on_evicted or (lambda task, count: None)
-        # Wake on a timer rather than per record (fewer thread switches on the task's core,
-        # larger batches per round trip), at once when a batch fills.
         self._sequence = itertools.count(1)
         self._no_replica_until = 0.0
         self._writer_id = _writer_id()
+        # Wake on a timer rather than per record (fewer thread switches on the task's core,
+        # larger batches per round trip), at once when a batch fills.
         self._writer = BackgroundWriter(
             "telemetry_guard-errorlog", self._write,
             lambda: ItemQueue(buffer_size, BATCH_SIZE), linger=self.batch_interval,
@@ -139,8 +139,7 @@ class ErrorLogSink(Sink):
                               (self.maxlen, sequence, *chain.from_iterable(fields.items()))))
         replies = run_batch(client, calls)
         if follows_failover(client) and monotonic() >= self._no_replica_until:
-            if not client.execute_command("WAIT", 1, REPLICA_WAIT_MS):
-                self._no_replica_until = monotonic() + NO_REPLICA_PAUSE
+            self._wait_for_replica(client)
         evicted: dict[str, int] = {}
         refused: list[Pending] = []
         for pending, reply in zip(batch, replies, strict=True):
@@ -158,6 +157,20 @@ class ErrorLogSink(Sink):
                 self._on_evicted(task, count)
             except Exception as exc:
                 self._report_error(self.name, exc)
+
+    def _wait_for_replica(self, client: redis.Redis) -> None:
+        """Behind Sentinel: wait until a replica has the batch, so a master that dies now
+        does not take it along (a lost connection raises: the batch is sent again, and the
+        records already written are skipped)."""
+        import redis
+
+        try:
+            acknowledged = client.execute_command("WAIT", 1, REPLICA_WAIT_MS)
+        except redis.ResponseError as exc:  # refused (an ACL without WAIT): written, not waited
+            self._report_error(self.name, exc)
+            acknowledged = 0
+        if not acknowledged:
+            self._no_replica_until = monotonic() + NO_REPLICA_PAUSE
 
     def _add_plainly(self, client: redis.Redis, refused: list[Pending]) -> None:
         """Records whose script was refused, added without it: indexing stops being

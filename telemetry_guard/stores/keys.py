@@ -29,3 +29,8 @@ def writer_key(stream_key: str, writer: str) -> str:
     """The last sequence number ``writer`` (one process) wrote to ``stream_key``: a batch sent
     again after a lost reply skips the records already written."""
     return f"{slot_base(stream_key)}:writer:{writer}"
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a ``SCAN MATCH`` pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

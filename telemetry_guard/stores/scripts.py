@@ -62,23 +62,38 @@ def run_batch(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
     """
     if not is_cluster(client):
         return _run_on(client, calls)
+    from redis.exceptions import AskError, ConnectionError, MovedError, TimeoutError
+
     groups: dict[str, tuple[Any, list[int]]] = {}
     for i, (_, keys, _) in enumerate(calls):
         node = client.get_node_from_key(keys[0])
         groups.setdefault(node.name, (node, []))[1].append(i)
     replies: list[Any] = [None] * len(calls)
     for node, indexes in groups.values():
-        answered = _run_on(client.get_redis_connection(node), [calls[i] for i in indexes])
+        try:
+            answered = _run_on(client.get_redis_connection(node), [calls[i] for i in indexes])
+        except (ConnectionError, TimeoutError):
+            _refresh_slots(client)  # a master may have failed over: ask the cluster again
+            raise
         for i, reply in zip(indexes, answered, strict=True):
             replies[i] = reply
     for i, reply in enumerate(replies):
-        if isinstance(reply, Exception) and str(reply).startswith(("MOVED", "ASK")):
+        if isinstance(reply, (MovedError, AskError)):
             script, keys, args = calls[i]
             try:
                 replies[i] = script(keys=keys, args=args)
             except Exception as exc:
                 replies[i] = exc
     return replies
+
+
+def _refresh_slots(client: Any) -> None:
+    """Re-read which node serves which slot (the cluster client does so on its own errors,
+    not on those of the node pipelines sent here)."""
+    try:
+        client.nodes_manager.initialize()
+    except Exception:
+        pass  # the cluster is unreachable: the next batch tries again
 
 
 def _run_on(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
