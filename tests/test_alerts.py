@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from telemetry_guard.dashboards.config import MonitoringConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
 RULE_FILES = sorted(ALERTS.glob("*.rules.yml"))
@@ -58,6 +60,8 @@ USER_INPUTS: dict[str, dict[str, set[str] | None]] = {
 
 #: Labels every scraped series carries besides its own.
 TARGET_LABELS = {"job", "instance"}
+#: Labels the committed rules keep in every aggregation (the generator's default config).
+GROUP_LABELS = set(MonitoringConfig().group_by)
 
 PROMQL_WORDS = {
     "and", "or", "unless", "bool", "by", "without", "on", "ignoring", "group_left",
@@ -270,7 +274,9 @@ def check_label(metric: str, label: str, value: str, extra: set[str]) -> list[st
     """Problems with one label of a series or matcher (empty: it keeps the contract)."""
     labels = known_labels(metric)
     if labels is None:
-        return [] if label == "task" else [f"{metric}: recorded series only carry task"]
+        if label == "task" or label in GROUP_LABELS:
+            return []
+        return [f"{metric}: recorded series only carry task and {sorted(GROUP_LABELS)}"]
     if label in extra and label not in labels:
         return []
     if label not in labels:
@@ -394,7 +400,7 @@ def test_rule_matchers_use_contract_labels_and_values() -> None:
     """Label matchers name the metric's own labels, with values the contract allows."""
     problems = [f"{name}: {problem}" for name, expr in rule_queries()
                 for metric, label, value in selectors(expr)
-                for problem in check_label(metric, label, value, set())]
+                for problem in check_label(metric, label, value, GROUP_LABELS)]
     assert not problems, "\n".join(problems)
 
 

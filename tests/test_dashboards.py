@@ -34,7 +34,15 @@ CONTRACT_METRICS = {
 } | {f"telemetry_guard_task_runtime_seconds_{suffix}" for suffix in ("bucket", "count", "sum")}
 
 # What the brief (and all_queries' docstring) promises for running exprs outside Grafana.
-SUBSTITUTIONS = {"$__rate_interval": "5m", "$__range": "1h", "$task": ".*", "$breaker": ".*"}
+SUBSTITUTIONS = {"$__rate_interval": "5m", "$__range": "1h", "$task": ".*", "$breaker": ".*",
+                 "$cluster": ".*", "$namespace": ".*", "$job": ".*"}
+#: The grouping variables' matchers the default config puts on every series.
+FLEET = 'cluster=~"$cluster", namespace=~"$namespace", job=~"$job"'
+
+
+def without_fleet(expr: str) -> str:
+    """``expr`` without the grouping variables' matchers (to compare with the panel modules)."""
+    return expr.replace(FLEET + ", ", "").replace("{" + FLEET + "}", "")
 
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
 
@@ -97,23 +105,33 @@ def substituted(expr: str) -> str:
 
 
 def test_regenerating_gives_byte_identical_files(tmp_path: Path) -> None:
-    """python -m telemetry_guard.dashboards --out DIR reproduces dashboards/*.json byte for byte."""
-    assert dashboards.main(["--out", str(tmp_path)]) == 0
+    """python -m telemetry_guard.dashboards reproduces dashboards/*.json and
+    alerts/telemetry_guard.rules.yml byte for byte (the default config)."""
+    alerts = tmp_path / "alerts"
+    assert dashboards.main(["--out", str(tmp_path), "--alerts", str(alerts)]) == 0
     generated = sorted(p.name for p in tmp_path.glob("*.json"))
     assert generated == sorted(p.name for p in COMMITTED.glob("*.json"))
     for name in generated:
         assert (tmp_path / name).read_bytes() == (COMMITTED / name).read_bytes(), (
             f"dashboards/{name} is out of date: run python -m telemetry_guard.dashboards")
+    rules = REPO / "alerts" / "telemetry_guard.rules.yml"
+    assert (alerts / rules.name).read_bytes() == rules.read_bytes(), (
+        "alerts/telemetry_guard.rules.yml is out of date: run python -m telemetry_guard.dashboards")
 
 
 def test_check_mode_fails_on_missing_or_edited_files(tmp_path: Path) -> None:
     """--check exits 1 for an empty or edited directory and 0 for a fresh one."""
-    assert dashboards.main(["--out", str(tmp_path), "--check"]) == 1
-    dashboards.main(["--out", str(tmp_path)])
-    assert dashboards.main(["--out", str(tmp_path), "--check"]) == 0
+    out = ["--out", str(tmp_path), "--alerts", str(tmp_path / "alerts")]
+    assert dashboards.main([*out, "--check"]) == 1
+    dashboards.main(out)
+    assert dashboards.main([*out, "--check"]) == 0
     path = tmp_path / "telemetry-guard-tasks.json"
     path.write_text(path.read_text(encoding="utf-8").replace("Task", "Job"), encoding="utf-8")
-    assert dashboards.main(["--out", str(tmp_path), "--check"]) == 1
+    assert dashboards.main([*out, "--check"]) == 1
+    dashboards.main(out)
+    rules = tmp_path / "alerts" / "telemetry_guard.rules.yml"
+    rules.write_text(rules.read_text(encoding="utf-8").replace("14.4", "14"), encoding="utf-8")
+    assert dashboards.main([*out, "--check"]) == 1
 
 
 def test_committed_files_are_pretty_sorted_json_with_a_trailing_newline() -> None:
@@ -149,7 +167,8 @@ def test_tasks_dashboard_has_a_multi_value_task_variable() -> None:
     """The task variable lists label_values of the runtime histogram, multi, with All."""
     task = variables(board("telemetry-guard-tasks"))["task"]
     assert task["type"] == "query"
-    assert task["query"] == "label_values(telemetry_guard_task_runtime_seconds_count, task)"
+    assert task["query"] == ("label_values(telemetry_guard_task_runtime_seconds_count"
+                             f"{{{FLEET}}}, task)")
     assert task["multi"] is True
     assert task["includeAll"] is True
     assert task["datasource"] == DATASOURCE
@@ -159,7 +178,7 @@ def test_breakers_dashboard_has_a_multi_value_breaker_variable() -> None:
     """The breaker variable lists breaker names of the state gauge, multi, with All."""
     breaker = variables(board("telemetry-guard-breakers"))["breaker"]
     assert breaker["type"] == "query"
-    assert breaker["query"] == "label_values(telemetry_guard_breaker_state, breaker)"
+    assert breaker["query"] == f"label_values(telemetry_guard_breaker_state{{{FLEET}}}, breaker)"
     assert breaker["multi"] is True
     assert breaker["includeAll"] is True
     assert breaker["datasource"] == DATASOURCE
@@ -230,7 +249,8 @@ def test_every_expr_uses_only_contract_metric_names() -> None:
 
 
 def test_every_expr_uses_only_the_documented_variables() -> None:
-    """Only $task, $breaker, $__rate_interval and $__range occur, so substitution is simple."""
+    """Only $task, $breaker, the grouping variables, $__rate_interval and $__range occur, so
+    substitution is simple."""
     for uid, title, expr in dashboards.all_queries():
         used = set(re.findall(r"\$\{?[A-Za-z_]\w*", expr))
         assert used <= set(SUBSTITUTIONS), (uid, title, used)
@@ -250,7 +270,7 @@ def test_the_panels_the_issue_asks_for_are_there() -> None:
     """Failure/give-up rates, top exceptions, retries, runtime quantiles, success ratio,
     breaker state timeline, transitions, rejections, calls, notifications, sink errors and
     retry budget each have a panel."""
-    exprs = {uid: "\n".join(e for u, _, e in dashboards.all_queries() if u == uid)
+    exprs = {uid: "\n".join(without_fleet(e) for u, _, e in dashboards.all_queries() if u == uid)
              for uid in UIDS}
     tasks, breakers, health = (exprs["telemetry-guard-tasks"],
                                exprs["telemetry-guard-breakers"],

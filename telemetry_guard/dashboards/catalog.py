@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .breakers import breakers_dashboard
+from .config import MonitoringConfig
+from .fleet import for_fleet
 from .grafana import Json
 from .health import health_dashboard
 from .tasks import tasks_dashboard
@@ -14,12 +16,17 @@ VARIABLE_SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
     ("$__range", "1h"),
     ("$task", ".*"),
     ("$breaker", ".*"),
+    ("$cluster", ".*"),
+    ("$namespace", ".*"),
+    ("$job", ".*"),
 )
 
 
-def dashboards() -> list[Json]:
-    """Every dashboard, in a fixed order."""
-    return [tasks_dashboard(), breakers_dashboard(), health_dashboard()]
+def dashboards(config: MonitoringConfig | None = None) -> list[Json]:
+    """Every dashboard for ``config`` (default: the committed files'), in a fixed order."""
+    config = config or MonitoringConfig()
+    return [for_fleet(board, config)
+            for board in (tasks_dashboard(), breakers_dashboard(), health_dashboard())]
 
 
 def all_queries() -> list[tuple[str, str, str]]:
@@ -32,9 +39,10 @@ def all_queries() -> list[tuple[str, str, str]]:
     - ``$__range`` → ``1h``
     - ``$task`` → ``.*`` (always used as ``task=~"$task"``)
     - ``$breaker`` → ``.*`` (always used as ``breaker=~"$breaker"``)
+    - ``$cluster``, ``$namespace``, ``$job`` → ``.*`` (the grouping variables)
 
-    No other variable occurs. The variable queries (``label_values(...)``) are Grafana
-    functions, not PromQL, and are not listed.
+    No other variable occurs (with the default config). The variable queries
+    (``label_values(...)``) are Grafana functions, not PromQL, and are not listed.
     """
     return [(board["uid"], panel["title"], target["expr"])
             for board in dashboards()

@@ -1,4 +1,4 @@
-"""Writing the dashboards as ``<uid>.json`` files, checking them, and the command line."""
+"""Writing the dashboards and the rules as files, checking them, and the command line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .catalog import dashboards
+from .config import MonitoringConfig
 from .grafana import Json
+from .rules import rule_file
+
+#: The generated rule file, under the alerts directory.
+RULES_FILE = "telemetry_guard.rules.yml"
 
 
 def render(board: Json) -> str:
@@ -17,42 +22,59 @@ def render(board: Json) -> str:
     return json.dumps(board, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def write(out: Path) -> list[Path]:
-    """Writes every dashboard to ``out/<uid>.json``; returns the paths written."""
-    out.mkdir(parents=True, exist_ok=True)
+def outputs(config: MonitoringConfig, out: Path, alerts: Path | None) -> dict[Path, str]:
+    """Every generated file's path and text: ``out/<uid>.json`` per dashboard and, when
+    ``alerts`` is given, ``alerts/telemetry_guard.rules.yml``."""
+    files = {out / f"{board['uid']}.json": render(board) for board in dashboards(config)}
+    if alerts is not None:
+        files[alerts / RULES_FILE] = rule_file(config)
+    return files
+
+
+def write(out: Path, alerts: Path | None = None,
+          config: MonitoringConfig | None = None) -> list[Path]:
+    """Writes the files of :func:`outputs`; returns the paths written."""
     paths = []
-    for board in dashboards():
-        path = out / f"{board['uid']}.json"
-        path.write_text(render(board), encoding="utf-8")
+    for path, text in outputs(config or MonitoringConfig(), out, alerts).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
         paths.append(path)
     return paths
 
 
-def stale(out: Path) -> list[Path]:
-    """Files under ``out`` that are missing or differ from what :func:`write` would write."""
-    outdated = []
-    for board in dashboards():
-        path = out / f"{board['uid']}.json"
-        if not path.is_file() or path.read_text(encoding="utf-8") != render(board):
-            outdated.append(path)
-    return outdated
+def stale(out: Path, alerts: Path | None = None,
+          config: MonitoringConfig | None = None) -> list[Path]:
+    """Files that are missing or differ from what :func:`write` would write."""
+    return [path for path, text in outputs(config or MonitoringConfig(), out, alerts).items()
+            if not path.is_file() or path.read_text(encoding="utf-8") != text]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: regenerate the dashboards, or check that they are up to date."""
+    """Command line: regenerate the dashboards and rules, or check that they are current."""
     parser = argparse.ArgumentParser(
         prog="python -m telemetry_guard.dashboards",
-        description="Write the telemetry_guard Grafana dashboards as JSON files.")
+        description="Write the telemetry_guard Grafana dashboards (JSON) and Prometheus "
+                    "rules (YAML), from one config.")
     parser.add_argument("--out", type=Path, default=Path("dashboards"),
                         help="directory to write <uid>.json files into (default: dashboards)")
+    parser.add_argument("--alerts", type=Path, default=Path("alerts"),
+                        help=f"directory to write {RULES_FILE} into (default: alerts)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML or JSON: selector, group_by, dashboard_labels, "
+                             "runbook_url, dashboard_url (default: the committed files')")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if a file is missing or out of date")
     args = parser.parse_args(argv)
+    try:
+        config = MonitoringConfig.load(args.config) if args.config else MonitoringConfig()
+    except (OSError, ValueError) as exc:
+        print(f"error: {args.config}: {exc}", file=sys.stderr)
+        return 2
     if args.check:
-        outdated = stale(args.out)
+        outdated = stale(args.out, args.alerts, config)
         for path in outdated:
             print(f"out of date: {path}", file=sys.stderr)
         return 1 if outdated else 0
-    for path in write(args.out):
+    for path in write(args.out, args.alerts, config):
         print(path)
     return 0

@@ -1,0 +1,506 @@
+"""The Prometheus recording and alerting rules, generated from the same config as the
+dashboards (``alerts/telemetry_guard.rules.yml`` is this module's output for the defaults).
+
+Every aggregation keeps the config's grouping labels (``job`` by default), every exported
+series read carries the config's selector, and every alert links its runbook section and
+the dashboard that shows it (``runbook_url``, ``dashboard_url``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import MonitoringConfig
+from .promql import by, on, select
+
+#: The default objective of every task without an override.
+DEFAULT_OBJECTIVE = 0.99
+#: Windows of the SLI's recording rules.
+WINDOWS = ("5m", "30m", "1h", "6h", "3d")
+#: Multi-window, multi-burn-rate tiers (Google SRE workbook, ch. 5): name, severity,
+#: burn-rate factor, long window, short window, ``for``, share of the 30-day budget spent.
+BURN_TIERS = (
+    ("TelemetryGuardErrorBudgetFastBurn", "critical", 14.4, "1h", "5m", "2m",
+     "2% of the budget in 1h"),
+    ("TelemetryGuardErrorBudgetSlowBurn", "critical", 6, "6h", "30m", "15m",
+     "5% of the budget in 6h"),
+    ("TelemetryGuardErrorBudgetLongBurn", "warning", 1, "3d", "6h", "1h",
+     "10% of the budget in 3d"),
+)
+TASKS_DASHBOARD = "telemetry-guard-tasks"
+BREAKERS_DASHBOARD = "telemetry-guard-breakers"
+HEALTH_DASHBOARD = "telemetry-guard-health"
+
+
+@dataclass
+class Rule:
+    """One recording or alerting rule, with the comment lines written above it."""
+
+    expr: str
+    record: str = ""
+    alert: str = ""
+    comment: str = ""
+    for_: str = ""
+    severity: str = ""
+    summary: str = ""
+    description: str = ""
+    dashboard: str = ""
+    #: Labels of the alert passed to the dashboard as variables (``var-<label>``).
+    dashboard_vars: tuple[str, ...] = ()
+    #: Whether the alert carries the grouping labels (an objective series does not).
+    grouped: bool = True
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Group:
+    name: str
+    rules: list[Rule]
+
+
+class RuleBuilder:
+    """The rule groups for one config."""
+
+    def __init__(self, config: MonitoringConfig) -> None:
+        self.config = config
+        self.matchers = [config.selector] if config.selector else []
+
+    def series(self, expr: str) -> str:
+        """``expr`` with the config's selector on every exported series."""
+        return select(expr, self.matchers)
+
+    def by(self, *labels: str) -> str:
+        return by(self.config, *labels)
+
+    def on(self, *labels: str) -> str:
+        return on(self.config, *labels)
+
+    def query(self, template: str, *labels: str, raw: bool = False) -> str:
+        """A Go-template ``printf`` of ``template`` whose ``%s`` becomes matchers of the
+        alert's own values of the grouping labels and ``labels`` (``raw``: the config's
+        selector too, for an exported series), e.g. ``printf "m{job=%q,task=%q}"
+        $labels.job $labels.task``. Quotes in ``template`` are written ``\\"``."""
+        keys = tuple(dict.fromkeys((*self.config.group_by, *labels)))
+        matchers = [f"{k}=%q" for k in keys]
+        if raw and self.config.selector:
+            matchers.insert(0, self.config.selector.replace("%", "%%").replace('"', '\\"'))
+        text = template.replace("%s", ",".join(matchers))
+        return f'printf "{text}" ' + " ".join(f"$labels.{k}" for k in keys)
+
+    # -- groups ------------------------------------------------------------------------
+
+    def groups(self) -> list[Group]:
+        return [Group("telemetry_guard_sli", self.sli()),
+                Group("telemetry_guard_retries", [Rule(
+                    record="telemetry_guard:task_retries:rate5m",
+                    expr=self.series(f"sum {self.by('task')} "
+                                     "(rate(telemetry_guard_task_retries_total[5m]))"))]),
+                Group("telemetry_guard_alerts", self.alerts())]
+
+    def sli(self) -> list[Rule]:
+        rules: list[Rule] = []
+        names = {"5m": "5 minutes", "30m": "30 minutes", "1h": "1 hour", "6h": "6 hours",
+                 "3d": "3 days"}
+        for window in WINDOWS:
+            g, s, e = (f"telemetry_guard:task_giveups:rate{window}",
+                       f"telemetry_guard:task_successes:rate{window}",
+                       f"telemetry_guard:task_executions:rate{window}")
+            rules += [
+                Rule(record=g, comment=names[window], expr=self.series(
+                    f"sum {self.by('task')} (rate(telemetry_guard_task_giveups_total[{window}]))")),
+                Rule(record=s, expr=self.series(
+                    f"sum {self.by('task')} (rate(telemetry_guard_task_runtime_seconds_count"
+                    f'{{outcome="success"}}[{window}]))')),
+                Rule(record=e, expr=f"{g} + {s}\nor {g}\nor {s}"),
+                Rule(record=f"telemetry_guard:task_error_ratio:rate{window}",
+                     expr=f"({g} or 0 * {s})\n/ {e}"),
+            ]
+        rules += [
+            Rule(record="telemetry_guard:task_slo_objective:effective",
+                 comment="The objective of each task: its valid override (one per task, "
+                         "for every group),\nelse the default "
+                         f"{DEFAULT_OBJECTIVE} for every task that ran in the last 6 hours. "
+                         "Change\nthe default here.",
+                 expr=f"group {self.by('task')} (telemetry_guard:task_executions:rate6h)\n"
+                      "  * on(task) group_left\n"
+                      "  max by (task) (telemetry_guard:task_slo_objective > 0 < 1)\n"
+                      f"or {self.on('task')}\n"
+                      f"{DEFAULT_OBJECTIVE} * group {self.by('task')} "
+                      "(telemetry_guard:task_executions:rate6h)"),
+            Rule(record="telemetry_guard:task_error_budget:ratio",
+                 comment="The error budget as a ratio: the share of executions allowed to "
+                         "give up.",
+                 expr="1 - telemetry_guard:task_slo_objective:effective"),
+        ]
+        for i, window in enumerate(WINDOWS):
+            rules.append(Rule(
+                record=f"telemetry_guard:task_error_budget_burn:rate{window}",
+                comment="" if i else "Burn rates: how many times faster than \"exactly on "
+                                     "budget\" it is spent.",
+                expr=f"telemetry_guard:task_error_ratio:rate{window} / "
+                     "telemetry_guard:task_error_budget:ratio"))
+        return rules
+
+    def alerts(self) -> list[Rule]:
+        return [*self.burn_alerts(), self.objective_invalid(), *self.failure_alerts(),
+                *self.retry_alerts(), *self.breaker_alerts(), *self.telemetry_alerts()]
+
+    # -- alerts ------------------------------------------------------------------------
+
+    def burn_alerts(self) -> list[Rule]:
+        rules = []
+        comments = {
+            "TelemetryGuardErrorBudgetFastBurn":
+                "-- Error budget " + "-" * 62 + "\nPage: 2% of the 30-day budget in one "
+                "hour. The last condition is a low-traffic\nguard: at least 3 give-ups "
+                "in the hour, so that a rarely run task does not page\nfor one or two "
+                "give-ups (the slower tiers still catch those).",
+            "TelemetryGuardErrorBudgetSlowBurn": "Page: 5% of the 30-day budget in six hours.",
+            "TelemetryGuardErrorBudgetLongBurn":
+                "Ticket: 10% of the 30-day budget in three days: a slow leak no page "
+                "catches.",
+        }
+        kinds = {"critical": "page", "warning": "ticket"}
+        for name, severity, factor, long, short, for_, _ in BURN_TIERS:
+            burn = "telemetry_guard:task_error_budget_burn:rate"
+            expr = (f"{burn}{long} > {factor}\n"
+                    f"and {self.on('task')} {burn}{short} > {factor}")
+            if name.endswith("FastBurn"):
+                expr += (f"\nand {self.on('task')} telemetry_guard:task_giveups:rate{long} "
+                         "* 3600 >= 3")
+            ratio = self.query(f"telemetry_guard:task_error_ratio:rate{long}{{%s}}", "task")
+            objective = self.query("telemetry_guard:task_slo_objective:effective{%s}", "task")
+            lasts = self.query(f"2592000 / {burn}{long}{{%s}}", "task")
+            rules.append(Rule(
+                alert=name, comment=comments[name], expr=expr, for_=for_, severity=severity,
+                summary="Task {{ $labels.task }} is "
+                        + ("burning its error budget fast" if factor > 10 else
+                           "steadily burning its error budget" if factor > 1 else
+                           "slowly spending its error budget"),
+                description=(
+                    "{{ $labels.task }} gave up on\n"
+                    f"{{{{ with {ratio} | query }}}}{{{{ . | first | value | "
+                    "humanizePercentage }}{{ end }}\n"
+                    f"of its executions over the last {long}: a burn rate of "
+                    "{{ $value | printf \"%.1f\" }}x\nagainst its\n"
+                    f"{{{{ with {objective} | query }}}}{{{{ . | first | value | "
+                    "humanizePercentage }}{{ end }}\n"
+                    f"success objective ({kinds[severity]} above {factor}x over both {long} "
+                    f"and {short}).\nAt this rate the 30-day error budget lasts\n"
+                    f"{{{{ with {lasts} | query }}}}{{{{ . | first | value | "
+                    "humanizeDuration }}{{ end }}."),
+                dashboard=TASKS_DASHBOARD, dashboard_vars=("task",)))
+        return rules
+
+    def objective_invalid(self) -> Rule:
+        return Rule(
+            alert="TelemetryGuardSLOObjectiveInvalid",
+            comment="A per-task objective that cannot be a ratio (e.g. 99.9 instead of 0.999) "
+                    "is\nignored by telemetry_guard:task_slo_objective:effective; say so.",
+            expr="telemetry_guard:task_slo_objective\n"
+                 "unless telemetry_guard:task_slo_objective > 0 < 1",
+            for_="5m", severity="warning",
+            summary="Invalid SLO objective for task {{ $labels.task }}",
+            description=(
+                "telemetry_guard:task_slo_objective for task {{ $labels.task }} is "
+                "{{ $value }};\nan objective is a ratio strictly between 0 and 1 (0.999, "
+                "not 99.9).\nThe default 99% applies to {{ $labels.task }} until it is "
+                "fixed."),
+            dashboard=TASKS_DASHBOARD, dashboard_vars=("task",), grouped=False)
+
+    def failure_alerts(self) -> list[Rule]:
+        critical = 'telemetry_guard_task_failures_total{severity="critical"}'
+        return [
+            Rule(alert="TelemetryGuardCriticalFailure",
+                 comment="-- Failures " + "-" * 66 + "\nAny failed attempt classified "
+                         "critical. The `unless ... offset 5m` term catches\nthe first one: "
+                         "a labelled counter is born at its first increment, so its first\n"
+                         "sample is already 1 and increase() cannot see that step.",
+                 expr=self.series(
+                     f"sum {self.by('task', 'exception')} (\n"
+                     f"    increase({critical}[5m]) > 0\n"
+                     "  or\n"
+                     "    (\n"
+                     f"      {critical}\n"
+                     f"      unless {critical} offset 5m\n"
+                     "    )\n"
+                     ") > 0"),
+                 for_="0m", severity="critical",
+                 summary="Critical failure in task {{ $labels.task }} "
+                         "({{ $labels.exception }})",
+                 description=(
+                     "{{ $labels.task }} failed {{ $value | printf \"%.0f\" }} time(s) with\n"
+                     "{{ $labels.exception }}, classified critical, in the last 5 minutes.\n"
+                     "Each failure is in the telemetry_guard:errors stream and, with the "
+                     "default\nroutes, in Sentry and in the critical e-mail."),
+                 dashboard=TASKS_DASHBOARD, dashboard_vars=("task",)),
+            Rule(alert="TelemetryGuardTaskGivingUp",
+                 comment="Give-ups in every 10-minute window for 20 minutes: a task that "
+                         "keeps giving up,\nwhatever its volume (the burn-rate alerts judge "
+                         "the ratio).",
+                 expr=self.series(f"sum {self.by('task')} "
+                                  "(increase(telemetry_guard_task_giveups_total[10m])) > 0"),
+                 for_="20m", severity="warning",
+                 summary="Task {{ $labels.task }} keeps giving up",
+                 description=(
+                     "{{ $labels.task }} gave up {{ $value | printf \"%.0f\" }} time(s) in "
+                     "the last\n10 minutes and has been giving up for over 20 minutes; "
+                     "given-up tasks are in\nthe telemetry_guard:dead stream, ready to "
+                     "replay."),
+                 dashboard=TASKS_DASHBOARD, dashboard_vars=("task",)),
+        ]
+
+    def retry_alerts(self) -> list[Rule]:
+        baseline = (f"sum {self.by('task')} "
+                    "(rate(telemetry_guard_task_retries_total[6h] offset 30m))")
+        normal = self.query(
+            "sum(rate(telemetry_guard_task_retries_total{%s}[6h] offset 30m))", "task",
+            raw=True)
+        return [
+            Rule(alert="TelemetryGuardRetryStorm",
+                 comment="-- Retries " + "-" * 67 + "\nRetries per second over 5m above an "
+                         "absolute floor (0.1/s: 30 in 5 minutes, so\nidle and quiet tasks "
+                         "never alert) and more than 5x the task's own average over\nthe 6 "
+                         "hours before the last 30 minutes (a task that had no retries then "
+                         "has a\nbaseline of 0).",
+                 expr=self.series(
+                     "telemetry_guard:task_retries:rate5m > 0.1\n"
+                     f"and {self.on('task')}\n"
+                     "(\n"
+                     "    telemetry_guard:task_retries:rate5m\n"
+                     f"  > 5 * {baseline}\n"
+                     "  or\n"
+                     "    telemetry_guard:task_retries:rate5m\n"
+                     f"  unless {self.on('task')} {baseline}\n"
+                     ")"),
+                 for_="10m", severity="warning",
+                 summary="Retry storm in task {{ $labels.task }}",
+                 description=(
+                     "{{ $labels.task }} scheduled {{ $value | printf \"%.2f\" }} retries/s "
+                     "over the last\n5 minutes, more than 5x its own recent normal\n"
+                     f"({{{{ with {normal} | query }}}}{{{{ . | first | value | "
+                     "printf \"%.2f\" }}/s{{ else }}no retries{{ end }}\nin the 6 hours up "
+                     "to 30 minutes ago). Every retry adds load on whatever is\nfailing."),
+                 dashboard=TASKS_DASHBOARD, dashboard_vars=("task",)),
+            Rule(alert="TelemetryGuardRetryBudgetExhausted",
+                 comment="The fleet-wide retry budget refusing retries for 10 minutes: those "
+                         "failures\ngive up at once instead of retrying.",
+                 expr=self.series(
+                     f"sum {self.by('task')} "
+                     "(increase(telemetry_guard_retry_budget_exhausted_total[10m])) > 0"),
+                 for_="10m", severity="warning",
+                 summary="Retry budget exhausted for task {{ $labels.task }}",
+                 description=(
+                     "The fleet-wide retry budget refused {{ $value | printf \"%.0f\" }} "
+                     "retries of\n{{ $labels.task }} in the last 10 minutes; each refused "
+                     "retry became a give-up."),
+                 dashboard=TASKS_DASHBOARD, dashboard_vars=("task",)),
+        ]
+
+    def breaker_alerts(self) -> list[Rule]:
+        rejected = self.query(
+            'sum(rate(telemetry_guard_breaker_calls_total{%s,outcome=\\"rejected\\"}[5m]))',
+            "breaker", raw=True)
+        return [
+            Rule(alert="TelemetryGuardBreakerOpen",
+                 comment="-- Circuit breakers " + "-" * 58 + "\nNot closed (open, or "
+                         "half-open while its trial calls fail) for 10 minutes,\nas seen by "
+                         "any worker.",
+                 expr=self.series(f"max {self.by('breaker')} "
+                                  '(telemetry_guard_breaker_state{state=~"open|half_open"})'
+                                  " == 1"),
+                 for_="10m", severity="warning",
+                 summary="Circuit breaker {{ $labels.breaker }} is open",
+                 description=(
+                     "Circuit breaker {{ $labels.breaker }} has not closed for over 10 "
+                     "minutes\n(open, or half-open with failing trial calls); it rejects\n"
+                     f"{{{{ with {rejected} | query }}}}{{{{ . | first | value | "
+                     "printf \"%.2f\" }}{{ else }}0{{ end }}\ncalls/s, which get the task's "
+                     "fallback or fail."),
+                 dashboard=BREAKERS_DASHBOARD, dashboard_vars=("breaker",)),
+            Rule(alert="TelemetryGuardBreakerFlapping",
+                 comment="Tripped (closed -> open) at least 4 times in an hour: it keeps "
+                         "recovering and\ntripping again.",
+                 expr=self.series(
+                     f"sum {self.by('breaker')} (\n"
+                     "  increase(telemetry_guard_breaker_transitions_total"
+                     '{from_state="closed",to_state="open"}[1h])\n'
+                     ") >= 4"),
+                 for_="5m", severity="warning",
+                 summary="Circuit breaker {{ $labels.breaker }} is flapping",
+                 description=(
+                     "Circuit breaker {{ $labels.breaker }} tripped from closed to open\n"
+                     "{{ $value | printf \"%.0f\" }} times in the last hour."),
+                 dashboard=BREAKERS_DASHBOARD, dashboard_vars=("breaker",)),
+        ]
+
+    def telemetry_alerts(self) -> list[Rule]:
+        failed = 'telemetry_guard_notifications_total{outcome="failed"}'
+        return [
+            Rule(alert="TelemetryGuardNotificationsFailing",
+                 comment="-- The telemetry itself " + "-" * 54 + "\n`failed` is final "
+                         "(after the notification task's own retries): a lost message.\n"
+                         "Same first-increment term as TelemetryGuardCriticalFailure.",
+                 expr=self.series(
+                     f"sum {self.by('channel')} (\n"
+                     f"    increase({failed}[15m]) > 0\n"
+                     "  or\n"
+                     "    (\n"
+                     f"      {failed}\n"
+                     f"      unless {failed} offset 15m\n"
+                     "    )\n"
+                     ") > 0"),
+                 for_="0m", severity="warning",
+                 summary="{{ $labels.channel }} notifications are failing",
+                 description=(
+                     "{{ $value | printf \"%.0f\" }} {{ $labels.channel }} notification(s) "
+                     "failed for\ngood in the last 15 minutes (after the notification task's "
+                     "retries): whatever\nthey reported reached nobody through "
+                     "{{ $labels.channel }}."),
+                 dashboard=HEALTH_DASHBOARD),
+            Rule(alert="TelemetryGuardTelemetrySinkFailing",
+                 comment="A sink failing for 10 minutes (one failure now and then is "
+                         "tolerated: sinks fail\nopen and log it).",
+                 expr=self.series(f"sum {self.by('sink')} "
+                                  "(increase(telemetry_guard_telemetry_errors_total[5m])) > 0"),
+                 for_="10m", severity="warning",
+                 summary="Telemetry sink {{ $labels.sink }} is failing",
+                 description=(
+                     "The {{ $labels.sink }} sink failed {{ $value | printf \"%.0f\" }} "
+                     "time(s) in the\nlast 5 minutes and has kept failing for over 10 "
+                     "minutes. Tasks are not\naffected (sinks fail open), but "
+                     "{{ $labels.sink }} telemetry is being lost."),
+                 dashboard=HEALTH_DASHBOARD),
+        ]
+
+
+# -- the rule file --------------------------------------------------------------------------
+
+HEADER = """\
+# Prometheus recording and alerting rules for telemetry_guard.
+#
+# Generated by `python -m telemetry_guard.dashboards` from a config (selector, grouping
+# labels, runbook and dashboard URLs; see docs/operations.md); do not edit by hand.
+# Config of this file: {config}.
+#
+# Load every rule file of this directory with the glob `alerts/*.rules.yml`
+# (alertmanager.yml lives here too and is not a rule file):
+#
+#   rule_files:
+#     - /etc/prometheus/alerts/*.rules.yml
+#
+# Check and test:  promtool check rules alerts/*.rules.yml
+#                  promtool test rules alerts/tests/*.yml
+#
+# Metric names and labels are the contract of the README's "Telemetry names".
+# Every alert carries `severity` (critical pages, warning goes to chat and mail,
+# see alertmanager.yml) and the annotations summary, description, runbook_url
+# (one section of docs/runbooks.md per alert) and dashboard_url.
+#
+# Every aggregation keeps the grouping labels ({group_by}) beside the task, breaker,
+# channel or sink, so that one Prometheus scraping many deployments alerts for each
+# on its own.
+#
+# ---------------------------------------------------------------------------------
+# The task success SLI
+#
+#   An execution of a task is one run of it that came to an end: it either
+#   succeeded, or it gave up (retries exhausted, error not retryable, worker lost,
+#   time limit). Per task, over a window:
+#
+#     bad   = give-ups    sum(rate(telemetry_guard_task_giveups_total))
+#     good  = successes   sum(rate(telemetry_guard_task_runtime_seconds_count{{outcome="success"}}))
+#     total = bad + good
+#     error ratio = bad / total
+#
+#   Retries are NOT bad events, and failed attempts that were retried are not
+#   counted at all: a task that fails twice and then succeeds did its job, and the
+#   user saw it succeed (later). Counting attempts would also make the ratio depend
+#   on each task's retry policy (more retries = more "errors" for the same outcome).
+#   Retries cost latency and load; that is what TelemetryGuardRetryStorm watches.
+#
+# The SLO: by default 99% of a task's executions succeed, over 30 days. Override it
+# per task with a series `telemetry_guard:task_slo_objective{{task="<task name>"}}`,
+# a ratio strictly between 0 and 1 -- typically a recording rule in
+# alerts/slo_objectives.rules.yml:
+#
+#   - record: telemetry_guard:task_slo_objective
+#     expr: vector(0.999)
+#     labels:
+#       task: shop.charge
+#
+# `telemetry_guard:task_slo_objective:effective` is that override where one exists
+# and valid, else 0.99; an invalid override (<= 0, >= 1, NaN) is ignored and raises
+# TelemetryGuardSLOObjectiveInvalid.
+#
+# Burn rate = error ratio / (1 - objective): 1 spends exactly the 30-day budget
+# in 30 days. Multi-window, multi-burn-rate alerts (Google SRE workbook, ch. 5):
+#
+#   page   (critical)  burn > 14.4 over 1h and over 5m   (2% of the budget in 1h)
+#   page   (critical)  burn > 6    over 6h and over 30m  (5% of the budget in 6h)
+#   ticket (warning)   burn > 1    over 3d and over 6h   (10% of the budget in 3d)
+#
+# The short window makes an alert resolve soon after the bleeding stops.
+# ---------------------------------------------------------------------------------
+"""
+
+
+def rule_groups(config: MonitoringConfig) -> list[Group]:
+    """The rule groups for ``config``."""
+    return RuleBuilder(config).groups()
+
+
+def rule_file(config: MonitoringConfig) -> str:
+    """``alerts/telemetry_guard.rules.yml`` for ``config``."""
+    shown = ", ".join(f"{k}={v!r}" for k, v in (
+        ("selector", config.selector), ("group_by", list(config.group_by)),
+        ("runbook_url", config.runbook_url), ("dashboard_url", config.dashboard_url)))
+    lines = [HEADER.format(config=shown, group_by=", ".join(config.group_by) or "none"),
+             "groups:"]
+    for group in rule_groups(config):
+        lines += [f"  - name: {group.name}", "    rules:"]
+        for i, rule in enumerate(group.rules):
+            if rule.comment:
+                if i:
+                    lines.append("")
+                lines += [f"      # {line}".rstrip() for line in rule.comment.split("\n")]
+            lines += _rule_lines(config, rule)
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def as_mappings(config: MonitoringConfig) -> list[dict[str, object]]:
+    """The rule groups as a rule file's ``groups`` (for a PrometheusRule, or a test)."""
+    import yaml
+
+    loaded = yaml.safe_load(rule_file(config))
+    return list(loaded["groups"])
+
+
+def _rule_lines(config: MonitoringConfig, rule: Rule) -> list[str]:
+    pad = " " * 8
+    lines = [f"      - record: {rule.record}" if rule.record else f"      - alert: {rule.alert}"]
+    if "\n" in rule.expr:
+        lines.append(f"{pad}expr: |")
+        lines += [f"{pad}  {line}".rstrip() for line in rule.expr.split("\n")]
+    else:
+        lines.append(f"{pad}expr: {rule.expr}")
+    if not rule.alert:
+        return lines
+    lines += [f"{pad}for: {rule.for_}", f"{pad}labels:", f"{pad}  severity: {rule.severity}",
+              f"{pad}annotations:", f"{pad}  summary: {_quoted(rule.summary)}",
+              f"{pad}  description: >-"]
+    lines += [f"{pad}    {line}".rstrip() for line in rule.description.split("\n")]
+    lines.append(f"{pad}  runbook_url: {_quoted(f'{config.runbook_url}#{rule.alert.lower()}')}")
+    if rule.dashboard:
+        grouping = config.group_by if rule.grouped else ()
+        labels = dict.fromkeys((*grouping, *rule.dashboard_vars))
+        query = "&".join(f"var-{label}={{{{ $labels.{label} }}}}" for label in labels)
+        url = f"{config.dashboard_url}/d/{rule.dashboard}" + (f"?{query}" if query else "")
+        lines.append(f"{pad}  dashboard_url: {_quoted(url)}")
+    return lines
+
+
+def _quoted(text: str) -> str:
+    """A YAML double-quoted scalar."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
