@@ -105,10 +105,12 @@ def substituted(expr: str) -> str:
 
 
 def test_regenerating_gives_byte_identical_files(tmp_path: Path) -> None:
-    """python -m telemetry_guard.dashboards reproduces dashboards/*.json and
-    alerts/telemetry_guard.rules.yml byte for byte (the default config)."""
-    alerts = tmp_path / "alerts"
-    assert dashboards.main(["--out", str(tmp_path), "--alerts", str(alerts)]) == 0
+    """python -m telemetry_guard.dashboards reproduces dashboards/*.json,
+    alerts/telemetry_guard.rules.yml and deploy/kubernetes/*.yaml byte for byte (the
+    default config)."""
+    alerts, kubernetes = tmp_path / "alerts", tmp_path / "kubernetes"
+    assert dashboards.main(["--out", str(tmp_path), "--alerts", str(alerts),
+                            "--kubernetes", str(kubernetes)]) == 0
     generated = sorted(p.name for p in tmp_path.glob("*.json"))
     assert generated == sorted(p.name for p in COMMITTED.glob("*.json"))
     for name in generated:
@@ -117,11 +119,17 @@ def test_regenerating_gives_byte_identical_files(tmp_path: Path) -> None:
     rules = REPO / "alerts" / "telemetry_guard.rules.yml"
     assert (alerts / rules.name).read_bytes() == rules.read_bytes(), (
         "alerts/telemetry_guard.rules.yml is out of date: run python -m telemetry_guard.dashboards")
+    for manifest in ("prometheus-rule.yaml", "grafana-dashboards.yaml"):
+        committed = REPO / "deploy" / "kubernetes" / manifest
+        assert (kubernetes / manifest).read_bytes() == committed.read_bytes(), (
+            f"deploy/kubernetes/{manifest} is out of date: run python -m "
+            "telemetry_guard.dashboards")
 
 
 def test_check_mode_fails_on_missing_or_edited_files(tmp_path: Path) -> None:
     """--check exits 1 for an empty or edited directory and 0 for a fresh one."""
-    out = ["--out", str(tmp_path), "--alerts", str(tmp_path / "alerts")]
+    out = ["--out", str(tmp_path), "--alerts", str(tmp_path / "alerts"),
+           "--kubernetes", str(tmp_path / "kubernetes")]
     assert dashboards.main([*out, "--check"]) == 1
     dashboards.main(out)
     assert dashboards.main([*out, "--check"]) == 0

@@ -1,8 +1,17 @@
-"""Grafana dashboards for the telemetry_guard metrics, generated from plain Python data.
+"""Grafana dashboards and Prometheus rules for the telemetry_guard metrics, generated from
+plain Python data and one config.
 
-``python -m telemetry_guard.dashboards [--out DIR] [--check]`` writes (or, with
-``--check``, compares) one JSON file per dashboard, named ``<uid>.json``. The committed
-copies live in the repository's ``dashboards/`` folder, ready to import or provision.
+``python -m telemetry_guard.dashboards [--config FILE] [--check]`` writes (or, with
+``--check``, compares) one JSON file per dashboard (``dashboards/<uid>.json``), the rule
+file (``alerts/telemetry_guard.rules.yml``) and their Kubernetes manifests
+(``deploy/kubernetes/``: a ``PrometheusRule`` and a Grafana dashboards ``ConfigMap``). The
+committed copies are the output for the default config.
+
+- :mod:`.config`: the config (selector, grouping labels, runbook and dashboard URLs).
+- :mod:`.promql`: selectors and grouping shared by dashboards and rules.
+- :mod:`.fleet`: a dashboard made fit for a fleet (variables, links, annotations).
+- :mod:`.rules`: the recording and alerting rules.
+- :mod:`.kubernetes`: the manifests.
 
 - :mod:`.grafana`: the Grafana JSON model (panels, variables, a dashboard); no metric names.
 - :mod:`.labels`: the task and breaker variables and selectors, colours of label values.
@@ -10,7 +19,7 @@ copies live in the repository's ``dashboards/`` folder, ready to import or provi
   expression of every panel is written in these three modules and nowhere else;
   :func:`all_queries` lists them.
 - :mod:`.catalog`: the dashboards in order, :func:`all_queries`, :func:`substitute_variables`.
-- :mod:`.writer`: the files (:func:`render`, :func:`write`, :func:`stale`) and :func:`main`.
+- :mod:`.writer`: the files (:func:`write`, :func:`stale`) and :func:`main`.
 """
 
 from .breakers import breakers_dashboard

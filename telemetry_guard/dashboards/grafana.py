@@ -9,6 +9,7 @@ a Prometheus data source. Nothing here names a metric.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -263,3 +264,8 @@ def dashboard(uid: str, title: str, description: str, panels: Sequence[Json],
         "version": 1,
         "weekStart": "",
     }
+
+
+def render(board: Json) -> str:
+    """The file text of one dashboard: pretty JSON, sorted keys, trailing newline."""
+    return json.dumps(board, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

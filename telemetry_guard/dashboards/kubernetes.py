@@ -30,8 +30,7 @@ from typing import Any
 
 import yaml
 
-from .grafana import Json
-from .writer import render
+from .grafana import Json, render
 
 PROMETHEUS_RULE_API_VERSION = "monitoring.coreos.com/v1"
 
