@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from telemetry_guard.dashboards.config import MonitoringConfig
+from telemetry_guard.dashboards.rules import rule_file
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
@@ -456,3 +457,61 @@ def test_the_per_task_slo_override_is_unit_tested() -> None:
     """A unit test feeds telemetry_guard:task_slo_objective (the per-task SLO override)."""
     text = "".join(path.read_text(encoding="utf-8") for path in RULE_TEST_FILES)
     assert "'telemetry_guard:task_slo_objective{" in text
+
+
+# -- A generated variant: selector and grouping labels -----------------------------------
+
+VARIANT = MonitoringConfig(selector='job=~"celery-.*"', group_by=("cluster", "namespace", "job"))
+
+
+def _series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
+    return {"series": name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}",
+            "values": values}
+
+
+def test_a_variant_with_a_selector_and_grouping_labels_passes_promtool(tmp_path: Path) -> None:
+    """Rules generated for `selector: job=~"celery-.*"`, `group_by: [cluster, namespace, job]`
+    pass `promtool check rules`, and `promtool test rules` shows them alerting per cluster
+    and never for a job the selector leaves out."""
+    (tmp_path / "telemetry_guard.rules.yml").write_text(rule_file(VARIANT), encoding="utf-8")
+    (tmp_path / "slo_objectives.rules.yml").write_text(
+        (ALERTS / "slo_objectives.rules.yml").read_text(encoding="utf-8"), encoding="utf-8")
+    assert_success(run(tool("promtool"), "check", "rules",
+                       str(tmp_path / "telemetry_guard.rules.yml")))
+    eu = {"cluster": "eu", "namespace": "shop", "job": "celery-payments", "instance": "w1:9808"}
+    us = {**eu, "cluster": "us"}
+    batch = {**eu, "job": "batch", "instance": "w9:9808"}  # not selected
+    series = []
+    for where, giveups, state in ((eu, 12, "open"), (us, 0, "closed"), (batch, 60, "open")):
+        series += [
+            _series("telemetry_guard_task_runtime_seconds_count",
+                    {**where, "task": "shop.charge", "outcome": "success"}, f"0+{60 - giveups}x90"),
+            _series("telemetry_guard_task_giveups_total",
+                    {**where, "task": "shop.charge", "exception": "ConnectionError",
+                     "severity": "high"}, f"0+{giveups}x90"),
+            *(_series("telemetry_guard_breaker_state", {**where, "breaker": "payments-api",
+                                                         "state": name},
+                      f"{int(name == state)}x90") for name in ("closed", "open", "half_open")),
+        ]
+    firing = 'ALERTS{{alertname="{}",alertstate="firing",cluster="eu",namespace="shop",' \
+             'job="celery-payments",{}}}'
+    unit = {
+        "rule_files": ["telemetry_guard.rules.yml", "slo_objectives.rules.yml"],
+        "evaluation_interval": "1m",
+        "group_eval_order": ["telemetry_guard_slo_objectives", "telemetry_guard_sli",
+                             "telemetry_guard_retries", "telemetry_guard_alerts"],
+        "tests": [{"name": "per cluster, selected jobs only", "interval": "1m",
+                   "input_series": series, "promql_expr_test": [
+                       {"expr": 'ALERTS{alertname="TelemetryGuardErrorBudgetFastBurn",'
+                                'alertstate="firing"}', "eval_time": "70m",
+                        "exp_samples": [{"labels": firing.format(
+                            "TelemetryGuardErrorBudgetFastBurn",
+                            'task="shop.charge",severity="critical"'), "value": 1}]},
+                       {"expr": 'ALERTS{alertname="TelemetryGuardBreakerOpen",'
+                                'alertstate="firing"}', "eval_time": "20m",
+                        "exp_samples": [{"labels": firing.format(
+                            "TelemetryGuardBreakerOpen",
+                            'breaker="payments-api",severity="warning"'), "value": 1}]}]}],
+    }
+    (tmp_path / "variant_test.yml").write_text(json.dumps(unit, indent=1), encoding="utf-8")
+    assert_success(run(tool("promtool"), "test", "rules", str(tmp_path / "variant_test.yml")))

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from telemetry_guard import dashboards
+from telemetry_guard.dashboards.config import MonitoringConfig
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "dashboards"
@@ -322,3 +323,56 @@ def test_every_expr_parses_with_promtool(tmp_path: Path) -> None:
     index = "\n".join(f"query_{i}: {uid} / {title}" for i, (uid, title, _) in enumerate(queries))
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{index}"
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
+
+
+def test_a_variant_config_narrows_every_query_and_adds_its_variables() -> None:
+    """With a selector and other grouping labels, every panel query and every variable query
+    carries the selector and each grouping variable; the variables chain outermost first."""
+    config = MonitoringConfig(selector='job=~"celery-.*"', group_by=("region", "job"),
+                              dashboard_labels=())
+    for data in dashboards.dashboards(config):
+        names = [v["name"] for v in data["templating"]["list"]]
+        assert names[:3] == ["datasource", "region", "job"], (data["uid"], names)
+        for panel in data["panels"]:
+            for target in panel["targets"]:
+                for series in re.findall(r"telemetry_guard_\w+\{[^}]*\}|telemetry_guard_\w+",
+                                         target["expr"]):
+                    assert 'job=~"celery-.*", region=~"$region", job=~"$job"' in series, (
+                        data["uid"], panel["title"], series)
+        region, job = data["templating"]["list"][1:3]
+        assert region["query"] == ('label_values(telemetry_guard_task_runtime_seconds_count'
+                                   '{job=~"celery-.*"}, region)')
+        assert job["query"] == ('label_values(telemetry_guard_task_runtime_seconds_count'
+                                '{job=~"celery-.*", region=~"$region"}, job)')
+        assert {a["name"] for a in data["annotations"]["list"]} == {
+            "Breaker transitions", "Give-up spikes"}
+        assert any(link.get("url") == config.runbook_url for link in data["links"])
+
+
+@pytest.mark.parametrize(("values", "says"), [
+    ({"group_by": ["job", "task"]}, "label of the metrics themselves"),
+    ({"group_by": ["bad-label"]}, "not a label name"),
+    ({"selector": "job=celery"}, "not a label matcher"),
+    ({"selectors": 'job="x"'}, "unknown config key"),
+])
+def test_a_config_that_cannot_work_is_a_clear_error(values: dict[str, Any], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        MonitoringConfig.from_mapping(values)
+
+
+def test_the_command_reads_a_yaml_config_and_refuses_a_bad_one(tmp_path: Path,
+                                                            capsys: Any) -> None:
+    good = tmp_path / "monitoring.yml"
+    good.write_text("selector: 'job=\"celery\", env!=\"dev\"'\ngroup_by: [cluster, job]\n"
+                    "runbook_url: https://wiki.example/runbooks.md\n", encoding="utf-8")
+    out = ["--out", str(tmp_path / "d"), "--alerts", str(tmp_path / "a"),
+           "--kubernetes", str(tmp_path / "k")]
+    assert dashboards.main([*out, "--config", str(good)]) == 0
+    rules = (tmp_path / "a" / "telemetry_guard.rules.yml").read_text(encoding="utf-8")
+    assert 'sum by (cluster, job, task) (rate(telemetry_guard_task_giveups_total' \
+           '{job="celery", env!="dev"}[5m]))' in rules
+    assert "https://wiki.example/runbooks.md#telemetryguardbreakeropen" in rules
+    bad = tmp_path / "bad.yml"
+    bad.write_text("group_by: [severity]\n", encoding="utf-8")
+    assert dashboards.main([*out, "--config", str(bad)]) == 2
+    assert "severity" in capsys.readouterr().err
