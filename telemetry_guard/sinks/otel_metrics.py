@@ -87,12 +87,12 @@ class OtelFamily:
     """An OTel instrument behind the Prometheus family surface: ``labels(...)`` returns a
     child, cached per label tuple, whose attributes dict is built once."""
 
-    def __init__(self, instrument: Any, labelnames: Sequence[str]) -> None:
+    def __init__(self, instrument: Any, labelnames: Sequence[str], kind: str) -> None:
         self.instrument = instrument
         self.labelnames = tuple(labelnames)
         self._children: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
-        if hasattr(instrument, "record"):
+        if kind == "histogram":
             self._child_type: Any = OtelHistogramChild
             self._method = instrument.record
         else:
@@ -160,7 +160,7 @@ class FanOutFamily:
         if child is None:
             child = FanOutChild((self.prometheus.labels(*values, **labelkwargs),
                                  self.otel.labels(*values, **labelkwargs)))
-            self._children.setdefault(key, child)
+            child = self._children.setdefault(key, child)
         return child
 
     def __getattr__(self, name: str) -> Any:
@@ -203,7 +203,7 @@ def otel_families(specs: Iterable[Any], meter_provider: Any = None) -> dict[str,
                                                      if b != float("inf")])
         else:
             instrument = meter.create_counter(name, description=spec.documentation)
-        families[spec.attribute] = OtelFamily(instrument, spec.labels)
+        families[spec.attribute] = OtelFamily(instrument, spec.labels, spec.kind)
     meter.create_observable_gauge(
         f"{METER_NAME}_breaker_state", callbacks=[observe_breaker_states],
         description="1 on the breaker's current state, 0 on the others.")
