@@ -217,6 +217,25 @@ def test_port_out_of_range_names_setting_and_source() -> None:
     assert "TELEMETRY_GUARD_METRICS_PORT" in str(info.value)
 
 
+def test_metrics_backend_defaults_to_prometheus_and_is_read_from_the_environment() -> None:
+    """telemetry_guard_metrics: prometheus by default; the variable beats app.conf."""
+    assert Settings.from_app(make_app(), {}, {}).metrics == "prometheus"
+    app = make_app(telemetry_guard_metrics="both")
+    assert Settings.from_app(app, {}, {}).metrics == "both"
+    assert Settings.from_app(app, {}, {"TELEMETRY_GUARD_METRICS": "OTLP"}).metrics == "otlp"
+
+
+def test_unknown_metrics_backend_names_setting_source_and_valid_values() -> None:
+    """A backend the guard does not know is an error naming the setting and the choices."""
+    with pytest.raises(ValueError) as info:
+        Settings.from_app(make_app(telemetry_guard_metrics="statsd"), {}, {})
+    assert "'metrics'" in str(info.value)
+    assert "app.conf.telemetry_guard_metrics" in str(info.value)
+    assert "prometheus, otlp, both" in str(info.value)
+    with pytest.raises(ValueError, match="TELEMETRY_GUARD_METRICS"):
+        Settings.from_app(make_app(), {}, {"TELEMETRY_GUARD_METRICS": "otel"})
+
+
 def test_non_json_routes_in_environment_names_the_variable() -> None:
     """TELEMETRY_GUARD_ROUTES that is not JSON raises ValueError naming the variable."""
     env = {"TELEMETRY_GUARD_ROUTES": "high=sentry"}

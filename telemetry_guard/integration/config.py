@@ -20,6 +20,7 @@ from ..core.brokers import broker_redis_options, default_redelivery_horizon, red
 from ..core.channels import EMAIL, SENTRY
 from ..core.policy import RetryPolicy, policy_from_setting
 from ..core.redact import DEFAULT_REDACT_KEYS, parse_redact_keys
+from ..sinks.metrics import BACKENDS as METRICS_BACKENDS
 from ..stores.budget import BudgetConfig
 from ..stores.redis_options import check_redis_options, check_redis_target
 
@@ -66,6 +67,7 @@ class Settings:
     retry_budget: BudgetConfig | None = None
     observe_all_tasks: bool = True
     sentry_fingerprint: str = "default"
+    metrics: str = "prometheus"
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -197,6 +199,11 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if mode not in SENTRY_FINGERPRINTS:
                 raise ValueError(f"must be one of {', '.join(SENTRY_FINGERPRINTS)}, not {raw!r}")
             return mode
+        if name == "metrics":
+            backend = "prometheus" if raw is None else str(raw).strip().lower()
+            if backend not in METRICS_BACKENDS:
+                raise ValueError(f"must be one of {', '.join(METRICS_BACKENDS)}, not {raw!r}")
+            return backend
         if name == "redis_options":
             return check_redis_options(raw)
         if name == "email":

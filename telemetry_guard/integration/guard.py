@@ -156,7 +156,7 @@ class TelemetryGuard:
             classifier=self.classifier, router=self.router, redactor=self.redactor,
             traceback_redactor=self.traceback_redactor,
             keeps_dead_letters=s.redis_url is not None, trace_ids=current_ids)
-        self.metrics = get_metrics()
+        self.metrics = get_metrics(s.metrics)
         self.retry_budget = None
         self.metrics_sink = MetricsSink(self.metrics, max_label_values=s.max_label_values)
         self.dispatcher = Dispatcher([], telemetry_errors=self.metrics.telemetry_errors)

@@ -1,72 +1,167 @@
-"""Prometheus metrics: created once per process, label values bounded."""
+"""The metric families (Prometheus, OpenTelemetry or both), made once per process."""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from ..core.events import BreakerChange, FailureEvent
 from ..core.sink import Sink
+from .otel_metrics import (
+    FanOutFamily,
+    flush_meter_provider,
+    otel_families,
+    provider_inherited_from_parent,
+)
 
 OTHER = "other"
 RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0, float("inf"))
 
 
+#: ``telemetry_guard_metrics``: where the metric families are written.
+BACKENDS = ("prometheus", "otlp", "both")
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """One metric family: the ``Metrics`` attribute, the name without namespace (and without
+    the ``_total`` prometheus_client adds to counters), the type, help text and labels."""
+
+    attribute: str
+    name: str
+    kind: str
+    documentation: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+
+FAMILIES = (
+    FamilySpec("task_failures", "task_failures", "counter",
+               "Failed task attempts, retried or not.", ("task", "exception", "severity")),
+    FamilySpec("task_retries", "task_retries", "counter", "Retries scheduled.",
+               ("task", "exception")),
+    FamilySpec("task_giveups", "task_giveups", "counter",
+               "Tasks given up: retries exhausted or error not retryable.",
+               ("task", "exception", "severity")),
+    FamilySpec("task_runtime", "task_runtime_seconds", "histogram", "Task run time by outcome.",
+               ("task", "outcome"), RUNTIME_BUCKETS),
+    FamilySpec("breaker_transitions", "breaker_transitions", "counter",
+               "Circuit breaker state transitions.", ("breaker", "from_state", "to_state")),
+    FamilySpec("breaker_calls", "breaker_calls", "counter",
+               "Calls through a circuit breaker by outcome.", ("breaker", "outcome")),
+    FamilySpec("retry_budget_exhausted", "retry_budget_exhausted", "counter",
+               "Retries refused by the fleet-wide retry budget.", ("task",)),
+    FamilySpec("notifications", "notifications", "counter",
+               "Notifications by channel, severity and outcome.",
+               ("channel", "severity", "outcome")),
+    FamilySpec("telemetry_errors", "telemetry_errors", "counter",
+               "Failures inside a telemetry sink (the task was not affected).", ("sink",)),
+    FamilySpec("dead_letters_evicted", "dead_letters_evicted", "counter",
+               "Dead letters removed by their task's retention before anyone replayed them.",
+               ("task",)),
+)
+
+
+def check_backend(backend: str) -> str:
+    """The backend name, or a ValueError naming the valid ones."""
+    if backend not in BACKENDS:
+        raise ValueError(f"metrics backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    return backend
+
+
+def prometheus_families(registry: Any = None) -> dict[str, Any]:
+    """The prometheus_client families, registered into ``registry`` (default: the global one)."""
+    kw: dict[str, Any] = {"namespace": "telemetry_guard"}
+    if registry is not None:
+        kw["registry"] = registry
+    families: dict[str, Any] = {}
+    for spec in FAMILIES:
+        if spec.kind == "histogram":
+            families[spec.attribute] = Histogram(spec.name, spec.documentation,
+                                                 list(spec.labels), buckets=spec.buckets, **kw)
+        else:
+            families[spec.attribute] = Counter(spec.name, spec.documentation,
+                                               list(spec.labels), **kw)
+    return families
+
+
 class Metrics:
-    """The telemetry_guard metric families (names are a contract: see docs/telemetry.md)."""
+    """The telemetry_guard metric families (names are a contract: see docs/telemetry.md).
 
-    def __init__(self, registry: Any = None) -> None:
-        kw: dict[str, Any] = {"namespace": "telemetry_guard"}
-        if registry is not None:
-            kw["registry"] = registry
-        self.task_failures = Counter(
-            "task_failures", "Failed task attempts, retried or not.",
-            ["task", "exception", "severity"], **kw)
-        self.task_retries = Counter(
-            "task_retries", "Retries scheduled.", ["task", "exception"], **kw)
-        self.task_giveups = Counter(
-            "task_giveups", "Tasks given up: retries exhausted or error not retryable.",
-            ["task", "exception", "severity"], **kw)
-        self.task_runtime = Histogram(
-            "task_runtime_seconds", "Task run time by outcome.", ["task", "outcome"],
-            buckets=RUNTIME_BUCKETS, **kw)
-        self.breaker_transitions = Counter(
-            "breaker_transitions", "Circuit breaker state transitions.",
-            ["breaker", "from_state", "to_state"], **kw)
-        self.breaker_calls = Counter(
-            "breaker_calls", "Calls through a circuit breaker by outcome.",
-            ["breaker", "outcome"], **kw)
-        self.retry_budget_exhausted = Counter(
-            "retry_budget_exhausted", "Retries refused by the fleet-wide retry budget.",
-            ["task"], **kw)
-        self.notifications = Counter(
-            "notifications", "Notifications by channel, severity and outcome.",
-            ["channel", "severity", "outcome"], **kw)
-        self.telemetry_errors = Counter(
-            "telemetry_errors", "Failures inside a telemetry sink (the task was not affected).",
-            ["sink"], **kw)
-        self.dead_letters_evicted = Counter(
-            "dead_letters_evicted",
-            "Dead letters removed by their task's retention before anyone replayed them.",
-            ["task"], **kw)
+    ``backend`` picks where they are written: ``prometheus`` (prometheus_client families),
+    ``otlp`` (the OpenTelemetry metrics API, same names and labels: ``otel_metrics``) or
+    ``both``. Every family attribute has the same ``.labels(...).inc(n)`` /
+    ``.observe(v)`` surface whichever the backend. ``registry`` and ``meter_provider`` default
+    to the global ones, whose families are made once per process.
+    """
+
+    task_failures: Any
+    task_retries: Any
+    task_giveups: Any
+    task_runtime: Any
+    breaker_transitions: Any
+    breaker_calls: Any
+    retry_budget_exhausted: Any
+    notifications: Any
+    telemetry_errors: Any
+    dead_letters_evicted: Any
+
+    def __init__(self, registry: Any = None, *, backend: str = "prometheus",
+                 meter_provider: Any = None) -> None:
+        self.backend = check_backend(backend)
+        prometheus = otel = None
+        if backend != "otlp":
+            prometheus = (_global_families("prometheus") if registry is None
+                          else prometheus_families(registry))
+        if backend != "prometheus":
+            otel = (_global_families("otlp") if meter_provider is None
+                    else otel_families(FAMILIES, meter_provider))
+        for spec in FAMILIES:
+            if prometheus is not None and otel is not None:
+                family: Any = FanOutFamily(prometheus[spec.attribute], otel[spec.attribute])
+            elif otel is not None:
+                family = otel[spec.attribute]
+            else:
+                family = prometheus[spec.attribute]  # type: ignore[index]
+            setattr(self, spec.attribute, family)
+
+    @property
+    def exports_otlp(self) -> bool:
+        """Whether the families write to the OpenTelemetry metrics API."""
+        return self.backend != "prometheus"
 
 
-_metrics: Metrics | None = None
-_metrics_lock = threading.Lock()
+_global: dict[str, dict[str, Any]] = {}
+_metrics: dict[str, Metrics] = {}
+_metrics_lock = threading.RLock()
 
 
-def get_metrics() -> Metrics:
-    """The process-wide metric families, created on first use."""
-    global _metrics
-    if _metrics is None:
+def _global_families(kind: str) -> dict[str, Any]:
+    """The families of the global registry or MeterProvider, made once per process."""
+    with _metrics_lock:
+        families = _global.get(kind)
+        if families is None:
+            families = (prometheus_families() if kind == "prometheus"
+                        else otel_families(FAMILIES))
+            _global[kind] = families
+        return families
+
+
+def get_metrics(backend: str = "prometheus") -> Metrics:
+    """The process-wide metric families for ``backend``, created on first use."""
+    metrics = _metrics.get(backend)
+    if metrics is None:
         with _metrics_lock:
-            if _metrics is None:
-                _metrics = Metrics()
-    return _metrics
+            metrics = _metrics.get(backend)
+            if metrics is None:
+                metrics = _metrics[backend] = Metrics(backend=check_backend(backend))
+    return metrics
 
 
 class LabelBound:
@@ -131,6 +226,19 @@ class MetricsSink(Sink):
         """Count one call through a breaker."""
         self.metrics.breaker_calls.labels(self.breaker_label(breaker), outcome).inc()
 
+    def after_fork(self) -> None:
+        """A prefork child: warn when it inherited the parent's MeterProvider, whose readers
+        would export the parent's counts again from here under the parent's identity."""
+        if self.metrics.exports_otlp and provider_inherited_from_parent():
+            structlog.get_logger("telemetry_guard").warning(
+                "metrics.provider_inherited",
+                advice="create the MeterProvider in worker_process_init, not before the fork")
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Export the OpenTelemetry metrics now (a prefork child about to exit)."""
+        if self.metrics.exports_otlp:
+            flush_meter_provider(timeout)
+
 
 BREAKER_STATES = ("closed", "open", "half_open")
 
@@ -150,25 +258,10 @@ class BreakerStateCollector:
     label: LabelBound | None = None
 
     def collect(self) -> Any:
-        from ..breaker import all_breakers, states
-
         family = GaugeMetricFamily(
             "telemetry_guard_breaker_state", "1 on the breaker's current state, 0 on the others.",
             labels=["breaker", "state"])
-        label = type(self).label
-        values: dict[str, dict[str, float]] = {}
-        try:
-            current = states(all_breakers())
-        except Exception:
-            current = {}
-        for name, state in current.items():
-            shown = label(name) if label is not None else name
-            row = values.get(shown)
-            if row is None:
-                row = values[shown] = dict.fromkeys(BREAKER_STATES, 0.0)
-            if state in row:
-                row[state] = 1.0
-        for shown, row in values.items():
+        for shown, row in breaker_state_values(type(self).label).items():
             for name, value in row.items():
                 family.add_metric([shown, name], value)
         yield family
@@ -183,3 +276,24 @@ class BreakerStateCollector:
         if id(registry) not in cls._installed:
             cls._installed.add(id(registry))
             registry.register(cls())
+
+
+def breaker_state_values(label: LabelBound | None) -> dict[str, dict[str, float]]:
+    """Breaker label value -> state -> 1.0 or 0.0, every breaker of this process read in one
+    round trip per Redis; ``label`` bounds the breaker names (see ``BreakerStateCollector``).
+    An unreadable store gives no rows."""
+    from ..breaker import all_breakers, states
+
+    values: dict[str, dict[str, float]] = {}
+    try:
+        current = states(all_breakers())
+    except Exception:
+        current = {}
+    for name, state in current.items():
+        shown = label(name) if label is not None else name
+        row = values.get(shown)
+        if row is None:
+            row = values[shown] = dict.fromkeys(BREAKER_STATES, 0.0)
+        if state in row:
+            row[state] = 1.0
+    return values
