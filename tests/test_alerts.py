@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from telemetry_guard.dashboards.config import MonitoringConfig
-from telemetry_guard.dashboards.rules import rule_file
+from telemetry_guard.dashboards.rule_file import rule_file
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"

@@ -6,7 +6,8 @@ from prometheus_client import CollectorRegistry
 
 from telemetry_guard.core.classify import Severity
 from telemetry_guard.core.events import BreakerChange, FailureEvent
-from telemetry_guard.sinks.metrics import OTHER, LabelBound, Metrics, MetricsSink
+from telemetry_guard.sinks.breaker_states import OTHER, LabelBound
+from telemetry_guard.sinks.metrics import Metrics, MetricsSink
 
 
 def event(decision: str, *, task_name: str = "t.charge", exception_type: str = "ConnectionError",

@@ -20,14 +20,8 @@ from structlog.testing import capture_logs
 from telemetry_guard.breaker import CircuitBreaker
 from telemetry_guard.core.classify import Severity
 from telemetry_guard.core.events import BreakerChange, FailureEvent
-from telemetry_guard.sinks.metrics import (
-    RUNTIME_BUCKETS,
-    BreakerStateCollector,
-    LabelBound,
-    Metrics,
-    MetricsSink,
-    get_metrics,
-)
+from telemetry_guard.sinks.breaker_states import BreakerStateCollector, LabelBound
+from telemetry_guard.sinks.metrics import RUNTIME_BUCKETS, Metrics, MetricsSink, get_metrics
 from tests.forking import in_child
 from tests.otlp_receiver import OtlpReceiver, Point, decode
 

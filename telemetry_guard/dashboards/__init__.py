@@ -10,7 +10,7 @@ committed copies are the output for the default config.
 - :mod:`.config`: the config (selector, grouping labels, runbook and dashboard URLs).
 - :mod:`.promql`: selectors and grouping shared by dashboards and rules.
 - :mod:`.fleet`: a dashboard made fit for a fleet (variables, links, annotations).
-- :mod:`.rules`: the recording and alerting rules.
+- :mod:`.rules`: the recording and alerting rules; :mod:`.rule_file`: their file.
 - :mod:`.kubernetes`: the manifests.
 
 - :mod:`.grafana`: the Grafana JSON model (panels, variables, a dashboard); no metric names.

@@ -12,7 +12,7 @@ from .catalog import dashboards
 from .config import MonitoringConfig
 from .grafana import render
 from .kubernetes import dashboards_configmap, prometheus_rule, render_yaml
-from .rules import as_mappings, rule_file
+from .rule_file import as_mappings, rule_file
 
 __all__ = ["RULES_FILE", "main", "outputs", "render", "stale", "write"]
 

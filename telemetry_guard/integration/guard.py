@@ -20,10 +20,11 @@ from ..core.redact import Redactor
 from ..core.routing import Router
 from ..core.sink import Sink
 from ..notify import NOTIFY_TASK_NAME, Notifier, register_notify_task
+from ..sinks.breaker_states import BreakerStateCollector
 from ..sinks.email import EmailSink
 from ..sinks.errorlog import ErrorLogSink
 from ..sinks.logging import LogSink
-from ..sinks.metrics import BreakerStateCollector, MetricsSink, get_metrics
+from ..sinks.metrics import MetricsSink, get_metrics
 from ..sinks.sentry import SentrySink
 from ..sinks.tracing import ExporterFailureHandler, TaskSpan, TracingSink, current_ids
 from ..stores.budget import BudgetLifecycle, RetryBudget

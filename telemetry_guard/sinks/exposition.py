@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from .metrics import BreakerStateCollector
+from .breaker_states import BreakerStateCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: File-name prefixes whose dead-process files are folded into a merged file.

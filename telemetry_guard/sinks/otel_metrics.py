@@ -23,6 +23,8 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from .breaker_states import BreakerStateCollector, breaker_state_values
+
 METER_NAME = "telemetry_guard"
 #: The unit of the runtime histogram (UCUM): Prometheus' translation reads it as ``seconds``.
 SECONDS = "s"
@@ -170,8 +172,6 @@ class FanOutFamily:
 def observe_breaker_states(options: CallbackOptions) -> Iterable[Observation]:
     """``telemetry_guard_breaker_state``: read at export time as the Prometheus collector
     reads it at scrape time (same ``breaker`` label bound). Never raises."""
-    from .metrics import BreakerStateCollector, breaker_state_values
-
     try:
         values = breaker_state_values(BreakerStateCollector.label)
     except Exception as exc:

@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from telemetry_guard.core.classify import Severity
 from telemetry_guard.core.events import FailureEvent
 from telemetry_guard.integration.config import Settings
-from telemetry_guard.sinks.metrics import OTHER, Metrics, MetricsSink
+from telemetry_guard.sinks.breaker_states import OTHER
+from telemetry_guard.sinks.metrics import Metrics, MetricsSink
 
 TASKS = 10_000
 EXCEPTIONS = ("ValueError", "KeyError", "TimeoutError")

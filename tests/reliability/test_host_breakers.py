@@ -37,7 +37,7 @@ from telemetry_guard.http import (
     host_breakers,
     register_resilient_request,
 )
-from telemetry_guard.sinks.metrics import OTHER, BreakerStateCollector
+from telemetry_guard.sinks.breaker_states import OTHER, BreakerStateCollector
 from tests.breakers import CountingConnection
 from tests.http_server import Reply, ScriptedHTTPServer
 
