@@ -555,11 +555,7 @@ def test_dashboards_and_alerts_work_per_job_on_a_real_prometheus(
     assert {a["labels"].get("job") for a in alerts} <= {BUSY_JOB, QUIET_JOB}, \
         [a["labels"] for a in alerts if a["labels"].get("job") not in (BUSY_JOB, QUIET_JOB)]
     must_fire = [a for a in alerts if a["labels"]["alertname"] in ALERTS_THAT_MUST_FIRE]
-    assert {a["labels"].get("breaker") for a in must_fire
-            if a["labels"]["alertname"] == "TelemetryGuardBreakerOpen"} == {BREAKER}
-    assert {a["labels"].get("task") for a in must_fire
-            if a["labels"]["alertname"] == "TelemetryGuardCriticalFailure"} == {"e2e.ledger"}
-    assert {a["labels"]["job"] for a in must_fire} == {BUSY_JOB}
+    assert not [a["labels"] for a in must_fire if a["labels"]["job"] != BUSY_JOB]
 
     # Never for the quiet job, not even pending: the ALERTS series of the whole run.
     def ever(job: str) -> set[str]:
@@ -570,6 +566,10 @@ def test_dashboards_and_alerts_work_per_job_on_a_real_prometheus(
 
     assert ever(BUSY_JOB) == set(ALERTS_THAT_MUST_FIRE)
     assert ever(QUIET_JOB) == set()
+    assert {a["labels"].get("breaker") for a in must_fire
+            if a["labels"]["alertname"] == "TelemetryGuardBreakerOpen"} == {BREAKER}
+    assert {a["labels"].get("task") for a in must_fire
+            if a["labels"]["alertname"] == "TelemetryGuardCriticalFailure"} == {"e2e.ledger"}
 
     # Each alert's dashboard link opens an existing dashboard on the busy job; every
     # variable it sets is one of that dashboard's.
