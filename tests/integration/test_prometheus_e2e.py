@@ -15,14 +15,16 @@ dashboard panel as Grafana runs it with the ``job`` variable on All, on the busy
 the quiet job (every other variable on All): each evaluates and returns data, a number other
 than 0 but for the panels ``NO_ACTIVITY_EXPECTED`` names; for the quiet job the panels of
 trouble it never had show 0 (``QUIET_JOB_AT_ZERO``) or, where a panel has no fallback, no
-series at all (``QUIET_JOB_NO_DATA``): nothing of the busy job leaks in. No rule fails to
+data (``QUIET_JOB_NO_DATA``): nothing of the busy job leaks in. No rule fails to
 evaluate; ``TelemetryGuardBreakerOpen`` and ``TelemetryGuardCriticalFailure`` fire for the
 busy job, never (not even pending) for the quiet one, and their ``dashboard_url`` opens a
 dashboard on the busy job.
 
-Why its own Redis database: a breaker's state lives in Redis and every worker that defines
-the breaker reports it, so the quiet worker, same code on the same Redis, would rightly show
-the busy job's breaker open too.
+Why the quiet job has its own Redis database: a breaker's state lives in Redis and every
+worker that defines the breaker reports it, so the quiet worker, same code on the same Redis,
+would rightly show the busy job's breaker open too; and on one broker both workers consume
+the one ``telemetry_guard.notifications`` queue, so the busy job's notification may be sent,
+and counted, by the quiet job's worker.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ QUIET_JOB_AT_ZERO: dict[tuple[str, str], str] = {
         "the retry budget is never exhausted",
 }
 #: For the quiet job: panels with no fallback whose series only exist after trouble it
-#: never had. They return no data at all; a series there would be the busy job's.
+#: never had. They return no data (0 would do); a number other than 0 would be the busy job's.
 QUIET_JOB_NO_DATA: dict[tuple[str, str], str] = {
     ("telemetry-guard-breakers", "Transitions by breaker"):
         "no breaker ever left closed: a transition counter is born at its first transition",
@@ -277,6 +279,7 @@ class Fleet:
     prometheus: Prometheus
 
     def logs(self) -> str:
+        """The end of each worker's log, for a failure message."""
         return "".join(f"\n--- {w.name} worker log ---\n{w.log_text()}"
                        for w in (self.busy, self.quiet))
 
@@ -312,6 +315,7 @@ def stack(redis_url: str, quiet_redis_url: str, tmp_path: Path) -> Iterator[Flee
 
 
 def make_producer(broker: str, queue: str) -> Celery:
+    """A Celery app that sends to ``queue`` on ``broker`` and reads results from it."""
     app = Celery("e2e_producer", broker=broker, backend=broker, set_as_current=False)
     app.conf.task_default_queue = queue
     return app
