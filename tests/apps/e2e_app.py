@@ -13,6 +13,10 @@ give-ups it produces what the health dashboard needs:
   and then rejects calls, served by the task's fallback;
 - a burst of failing runs of one task (``e2e.storm``) that the fleet-wide retry budget
   refuses to retry in full: ``retry_budget_exhausted_total``.
+
+A second deployment of the same code (the test's quiet job) consumes the queue named by
+``TG_TEST_QUEUE`` and runs only the untroubled tasks, ``e2e.lookup`` among them: a call
+through a healthy breaker that stays closed.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from telemetry_guard import CircuitBreaker, GuardedTask, RetryPolicy, TelemetryGuard
 
 BROKER = os.environ["TG_TEST_BROKER"]
-QUEUE = "e2e"
+QUEUE = os.environ.get("TG_TEST_QUEUE", "e2e")
 BREAKER = "e2e.dependency"
+HEALTHY_BREAKER = "e2e.lookup"
 
 
 def fast_retries(max_retries: int) -> RetryPolicy:
@@ -66,6 +71,8 @@ guard = TelemetryGuard(app, retry_budget=RETRY_BUDGET)
 #: Shared in Redis, so the worker's main process reports the state its children set.
 dependency_breaker = CircuitBreaker(BREAKER, failure_threshold=2, reset_timeout=3600.0,
                                     redis_url=BROKER)
+lookup_breaker = CircuitBreaker(HEALTHY_BREAKER, failure_threshold=2, reset_timeout=3600.0,
+                                redis_url=BROKER)
 
 
 @app.task(bind=True, base=GuardedTask, name="e2e.ok")
@@ -112,6 +119,12 @@ def dependency_fallback(*args: object, **kwargs: object) -> str:
 def dependency(self: GuardedTask) -> str:
     """Calls a dependency that is down: two failures trip the breaker, then calls are rejected."""
     raise ConnectionError("dependency is down")
+
+
+@app.task(bind=True, base=GuardedTask, name="e2e.lookup", breaker=lookup_breaker)
+def lookup(self: GuardedTask, key: str) -> str:
+    """Calls a dependency that answers: a successful call through a breaker that stays closed."""
+    return f"found {key}"
 
 
 @app.task(bind=True, base=GuardedTask, name="e2e.storm",
