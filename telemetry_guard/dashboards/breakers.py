@@ -19,6 +19,9 @@ def breakers_dashboard() -> Json:
     """State, transitions and calls of every circuit breaker."""
     state = "telemetry_guard_breaker_state"
     calls = "telemetry_guard_breaker_calls_total"
+    # a breaker whose calls all succeeded shows 0, not nothing ("or 0 * attempted")
+    attempted = (f'sum by (breaker) (rate({calls}{{{BREAKER}, outcome=~"success|failure"}}'
+                 "[$__rate_interval]))")
     transitions = "telemetry_guard_breaker_transitions_total"
     state_value = (
         "max by (breaker) (\n"
@@ -102,10 +105,9 @@ def breakers_dashboard() -> Json:
             "dependency. How close each breaker is to tripping, and how sick its "
             "dependency is. Bad: a sustained rise; at 100 % the breaker opens after "
             "failure_threshold calls. Next: the dependency's own dashboards and logs.",
-            [Query(f'sum by (breaker) (rate({calls}{{{BREAKER}, outcome="failure"}}'
-                   "[$__rate_interval]))\n/\n"
-                   f'sum by (breaker) (rate({calls}{{{BREAKER}, outcome=~"success|failure"}}'
-                   "[$__rate_interval]))", "{{breaker}}")],
+            [Query(f'(sum by (breaker) (rate({calls}{{{BREAKER}, outcome="failure"}}'
+                   f"[$__rate_interval]))\nor 0 * {attempted})\n/\n{attempted}",
+                   "{{breaker}}")],
             unit="percentunit", max_value=1),
     ]
     return dashboard(

@@ -23,9 +23,11 @@ def tasks_dashboard() -> Json:
     buckets = f"telemetry_guard_task_runtime_seconds_bucket{{{TASK}}}"
 
     def finished_ratio(by: str) -> str:
-        return (f'sum{by} (rate({runs}{{{TASK}, outcome="success"}}[$__rate_interval]))\n/\n'
-                f'sum{by} (rate({runs}{{{TASK}, outcome=~"success|failure"}}'
-                "[$__rate_interval]))")
+        # "or 0 * finished": a task that finished but never succeeded shows 0, not nothing
+        finished = (f'sum{by} (rate({runs}{{{TASK}, outcome=~"success|failure"}}'
+                    "[$__rate_interval]))")
+        return (f'(sum{by} (rate({runs}{{{TASK}, outcome="success"}}[$__rate_interval]))\n'
+                f"or 0 * {finished})\n/\n{finished}")
 
     panels = [
         stat("Success ratio (finished runs)",

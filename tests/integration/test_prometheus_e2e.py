@@ -87,6 +87,8 @@ QUIET_JOB_AT_ZERO: dict[tuple[str, str], str] = {
     ("telemetry-guard-breakers", "Rejected calls in range"): "no call rejected",
     ("telemetry-guard-breakers", "Trips to open in range"): "no breaker tripped",
     ("telemetry-guard-breakers", "Breaker state"): "every breaker closed",
+    ("telemetry-guard-breakers", "Failure ratio of attempted calls"):
+        "every call through its breaker succeeded",
     ("telemetry-guard-health", "Notifications failed in range"): "nothing notified",
     ("telemetry-guard-health", "Notifications throttled in range"): "nothing notified",
     ("telemetry-guard-health", "Retries refused by budget in range"):
@@ -97,9 +99,6 @@ QUIET_JOB_AT_ZERO: dict[tuple[str, str], str] = {
 QUIET_JOB_NO_DATA: dict[tuple[str, str], str] = {
     ("telemetry-guard-breakers", "Transitions by breaker"):
         "no breaker ever left closed: a transition counter is born at its first transition",
-    ("telemetry-guard-breakers", "Failure ratio of attempted calls"):
-        "no call through a breaker failed, and the panel divides failures by calls without "
-        "an `or 0 * ...` for no failures: a breaker that never failed shows no data, not 0 %",
     ("telemetry-guard-breakers", "Rejected calls rate"):
         "only an open breaker rejects, and an open breaker fires TelemetryGuardBreakerOpen",
     ("telemetry-guard-health", "Notifications by channel and outcome"):
