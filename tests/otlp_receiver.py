@@ -11,7 +11,7 @@ import gzip
 import threading
 import zlib
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -19,6 +19,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from tests.local_http import serve_in_thread
 
 Mode = Literal["ok", "error"]
 
@@ -105,11 +107,7 @@ class OtlpReceiver:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        name="otlp-receiver", daemon=True)
-        self._thread.start()
+        self._httpd = serve_in_thread(self._handler(), "otlp-receiver")
 
     @property
     def port(self) -> int:
@@ -144,7 +142,6 @@ class OtlpReceiver:
         """Stop serving and close the socket."""
         self._httpd.shutdown()
         self._httpd.server_close()
-        self._thread.join(5)
 
     def _record(self, path: str, body: bytes, encoding: str | None) -> None:
         with self._lock:

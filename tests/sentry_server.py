@@ -12,8 +12,10 @@ import json
 import threading
 import zlib
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
+
+from tests.local_http import serve_in_thread
 
 Mode = Literal["ok", "error", "hang"]
 
@@ -78,11 +80,7 @@ class SentryServer:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._release = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        name="sentry-server", daemon=True)
-        self._thread.start()
+        self._httpd = serve_in_thread(self._handler(), "sentry-server")
 
     @property
     def port(self) -> int:
@@ -111,7 +109,6 @@ class SentryServer:
         self._release.set()
         self._httpd.shutdown()
         self._httpd.server_close()
-        self._thread.join(5)
 
     def _record(self, path: str, body: bytes, encoding: str | None) -> None:
         with self._lock:

@@ -5,19 +5,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from telemetry_guard.core.classify import Severity
-from telemetry_guard.core.events import BreakerChange, FailureEvent
+from telemetry_guard.core.events import BreakerChange
 from telemetry_guard.sinks.breaker_states import OTHER, LabelBound
 from telemetry_guard.sinks.metrics import Metrics, MetricsSink
-
-
-def event(decision: str, *, task_name: str = "t.charge", exception_type: str = "ConnectionError",
-          severity: Severity = Severity.MEDIUM, reason: str = "") -> FailureEvent:
-    """A failure event with the fields MetricsSink reads."""
-    return FailureEvent(
-        task_name=task_name, task_id="id-1", attempt=1, max_retries=3,
-        exception_type=exception_type, exception_module="builtins", message="boom",
-        traceback="", severity=severity, decision=decision,  # type: ignore[arg-type]
-        reason=reason)
+from tests.failure_events import event
 
 
 def fresh() -> tuple[CollectorRegistry, MetricsSink]:

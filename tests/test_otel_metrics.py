@@ -19,23 +19,14 @@ from structlog.testing import capture_logs
 
 from telemetry_guard.breaker import CircuitBreaker
 from telemetry_guard.core.classify import Severity
-from telemetry_guard.core.events import BreakerChange, FailureEvent
+from telemetry_guard.core.events import BreakerChange
 from telemetry_guard.sinks.breaker_states import BreakerStateCollector, LabelBound
 from telemetry_guard.sinks.metrics import RUNTIME_BUCKETS, Metrics, MetricsSink, get_metrics
+from tests.failure_events import event
 from tests.forking import in_child
 from tests.otlp_receiver import OtlpReceiver, Point, decode
 
 _names = itertools.count()
-
-
-def event(decision: str, *, task_name: str = "t.charge", exception_type: str = "ConnectionError",
-          severity: Severity = Severity.MEDIUM, reason: str = "") -> FailureEvent:
-    """A failure event with the fields MetricsSink reads."""
-    return FailureEvent(
-        task_name=task_name, task_id="id-1", attempt=1, max_retries=3,
-        exception_type=exception_type, exception_module="builtins", message="boom",
-        traceback="", severity=severity, decision=decision,  # type: ignore[arg-type]
-        reason=reason)
 
 
 def prometheus_name(point: Point) -> str:

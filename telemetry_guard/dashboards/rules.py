@@ -87,6 +87,20 @@ class RuleBuilder:
         text = template.replace("%s", ",".join(matchers))
         return f'printf "{text}" ' + " ".join(f"$labels.{k}" for k in keys)
 
+    def counted_at_all(self, counter: str, window: str, *labels: str) -> str:
+        """``counter`` went up within ``window``, per ``labels``: its increase, or a series born
+        within it (a labelled counter is born at its first increment, so its first sample is
+        already 1 and ``increase()`` cannot see that step)."""
+        return self.series(
+            f"sum {self.by(*labels)} (\n"
+            f"    increase({counter}[{window}]) > 0\n"
+            "  or\n"
+            "    (\n"
+            f"      {counter}\n"
+            f"      unless {counter} offset {window}\n"
+            "    )\n"
+            ") > 0")
+
     # -- groups ------------------------------------------------------------------------
 
     def groups(self) -> list[Group]:
@@ -216,15 +230,7 @@ class RuleBuilder:
                          "critical. The `unless ... offset 5m` term catches\nthe first one: "
                          "a labelled counter is born at its first increment, so its first\n"
                          "sample is already 1 and increase() cannot see that step.",
-                 expr=self.series(
-                     f"sum {self.by('task', 'exception')} (\n"
-                     f"    increase({critical}[5m]) > 0\n"
-                     "  or\n"
-                     "    (\n"
-                     f"      {critical}\n"
-                     f"      unless {critical} offset 5m\n"
-                     "    )\n"
-                     ") > 0"),
+                 expr=self.counted_at_all(critical, "5m", "task", "exception"),
                  for_="0m", severity="critical",
                  summary="Critical failure in task {{ $labels.task }} "
                          "({{ $labels.exception }})",
@@ -341,15 +347,7 @@ class RuleBuilder:
                  comment="-- The telemetry itself " + "-" * 54 + "\n`failed` is final "
                          "(after the notification task's own retries): a lost message.\n"
                          "Same first-increment term as TelemetryGuardCriticalFailure.",
-                 expr=self.series(
-                     f"sum {self.by('channel')} (\n"
-                     f"    increase({failed}[15m]) > 0\n"
-                     "  or\n"
-                     "    (\n"
-                     f"      {failed}\n"
-                     f"      unless {failed} offset 15m\n"
-                     "    )\n"
-                     ") > 0"),
+                 expr=self.counted_at_all(failed, "15m", "channel"),
                  for_="0m", severity="warning",
                  summary="{{ $labels.channel }} notifications are failing",
                  description=(
