@@ -7,9 +7,7 @@ listening). Exporters post protobuf ``ExportMetricsServiceRequest`` bodies to
 
 from __future__ import annotations
 
-import gzip
 import threading
-import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
@@ -20,7 +18,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from tests.local_http import serve_in_thread
+from tests.local_http import decode_body, serve_in_thread
 
 Mode = Literal["ok", "error"]
 
@@ -149,12 +147,7 @@ class OtlpReceiver:
             try:
                 if path != "/v1/metrics":
                     raise ValueError(f"unexpected path {path}")
-                encoding = (encoding or "").strip().lower()
-                if encoding == "gzip":
-                    body = gzip.decompress(body)
-                elif encoding == "deflate":
-                    body = zlib.decompress(body)
-                self.points.extend(decode(body))
+                self.points.extend(decode(decode_body(body, encoding)))
             except Exception as exc:  # a malformed post fails the test that looks at errors
                 self.errors.append(f"{path}: {type(exc).__name__}: {exc}")
 

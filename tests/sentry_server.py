@@ -7,15 +7,13 @@ posts envelopes to ``/api/1/envelope/``, gzip- (or brotli-) compressed.
 
 from __future__ import annotations
 
-import gzip
 import json
 import threading
-import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
-from tests.local_http import serve_in_thread
+from tests.local_http import decode_body, serve_in_thread
 
 Mode = Literal["ok", "error", "hang"]
 
@@ -52,20 +50,6 @@ def parse_envelope(body: bytes) -> Envelope:
                 rest = rest[1:]
         items.append((item_header, payload))
     return Envelope(json.loads(header_line), items, body)
-
-
-def decode_body(body: bytes, encoding: str | None) -> bytes:
-    """Undo the transport's ``Content-Encoding``."""
-    encoding = (encoding or "").strip().lower()
-    if encoding == "gzip":
-        return gzip.decompress(body)
-    if encoding == "deflate":
-        return zlib.decompress(body)
-    if encoding == "br":
-        import brotli  # type: ignore[import-not-found]
-
-        return bytes(brotli.decompress(body))
-    return body
 
 
 @dataclass

@@ -3,10 +3,10 @@ Redis Cluster, whose pipelines cannot carry TIME), no script."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from ..stores.redis_client import is_cluster, server_time_ms
+from ..stores.redis_client import is_cluster, server_time_ms, time_reply_ms
 from .hooks import STORE_SINK, report_error
 from .redis_hash import FIELDS, stored_state
 from .redis_store import RedisBreakerStore, breaker_client
@@ -61,7 +61,7 @@ def read_states(stores: Iterable[RedisBreakerStore]) -> dict[str, str | None]:
             for store in group:
                 pipe.hmget(store.keys[0], FIELDS)
             replies = pipe.execute()
-            now_ms = server_time_ms(client) if clustered else _ms(replies.pop(0))
+            now_ms = server_time_ms(client) if clustered else time_reply_ms(replies.pop(0))
             read = [stored_state(values, now_ms) for values in replies]
             found.update(zip((store.name for store in group), read, strict=True))
         except Exception as exc:
@@ -69,9 +69,3 @@ def read_states(stores: Iterable[RedisBreakerStore]) -> dict[str, str | None]:
             for store in group:
                 found[store.name] = store.local_state()
     return found
-
-
-def _ms(reply: Sequence[Any]) -> int:
-    """A TIME reply in milliseconds."""
-    seconds, micros = reply
-    return int(seconds) * 1000 + int(micros) // 1000

@@ -94,7 +94,7 @@ class ErrorLogSink(Sink):
         self._on_evicted = on_evicted or (lambda task, count: None)
         self._sequence = itertools.count(1)
         self._no_replica_until = 0.0
-        self._writer_id = _writer_id()
+        self._writer_pid, self._writer_id = os.getpid(), _writer_id()
         # Wake on a timer rather than per record (fewer thread switches on the task's core,
         # larger batches per round trip), at once when a batch fills.
         self._writer = BackgroundWriter(
@@ -127,7 +127,7 @@ class ErrorLogSink(Sink):
         its index or retention, so it is never lost.
         """
         client, add_error, add_dead = self._connection()
-        writer = self._writer_id
+        writer = self._writer_name()
         calls = []
         for key, fields, task, dead, sequence in batch:
             if dead:
@@ -157,6 +157,13 @@ class ErrorLogSink(Sink):
                 self._on_evicted(task, count)
             except Exception as exc:
                 self._report_error(self.name, exc)
+
+    def _writer_name(self) -> str:
+        """This sink's name as a writer, new in every process (a forked child must not take
+        up its parent's sequence, or the scripts would skip its records as written)."""
+        if self._writer_pid != os.getpid():
+            self._writer_pid, self._writer_id = os.getpid(), _writer_id()
+        return self._writer_id
 
     def _wait_for_replica(self, client: redis.Redis) -> None:
         """Behind Sentinel: wait until a replica has the batch, so a master that dies now
@@ -191,7 +198,6 @@ class ErrorLogSink(Sink):
 
     # -- lifecycle ---------------------------------------------------------------------
     def after_fork(self) -> None:
-        self._writer_id = _writer_id()
         self._writer.reset()
 
     def flush(self, timeout: float = 5.0) -> None:

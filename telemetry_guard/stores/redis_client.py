@@ -24,8 +24,9 @@ from .redis_options import RedisTarget, check_redis_target, mask_url
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["DEFAULT_TIMEOUT", "mask_url", "new_redis_client", "redis_client",
-           "redis_target", "use_redis_options", "is_cluster", "follows_failover"]
+__all__ = ["DEFAULT_TIMEOUT", "follows_failover", "is_cluster", "mask_url", "new_redis_client",
+           "redis_client", "redis_target", "server_time_ms", "time_reply_ms",
+           "use_redis_options"]
 
 #: Seconds a command or a connection attempt may take, unless the caller says otherwise.
 DEFAULT_TIMEOUT = 2.0
@@ -131,14 +132,17 @@ def _sentinel_master(target: RedisTarget, common: dict[str, Any]) -> redis.Redis
 
 
 def is_cluster(client: Any) -> bool:
-    """Whether ``client`` talks to a Redis Cluster."""
-    return type(client).__name__ in ("RedisCluster", "ClusterPipeline")
+    """Whether ``client`` talks to a Redis Cluster (its pipelines included)."""
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
 
 
 def follows_failover(client: Any) -> bool:
     """Whether ``client`` is a Sentinel master's: its writes may be waited on by a replica."""
-    pool = getattr(client, "connection_pool", None)
-    return type(pool).__name__ == "SentinelConnectionPool"
+    from redis.sentinel import SentinelConnectionPool
+
+    return isinstance(getattr(client, "connection_pool", None), SentinelConnectionPool)
 
 
 def server_time_ms(client: Any) -> int:
@@ -146,5 +150,10 @@ def server_time_ms(client: Any) -> int:
     reply = client.time()
     if isinstance(reply, dict):
         reply = next(iter(reply.values()))
+    return time_reply_ms(reply)
+
+
+def time_reply_ms(reply: Any) -> int:
+    """A ``TIME`` reply (seconds, microseconds) in milliseconds."""
     seconds, micros = reply
     return int(seconds) * 1000 + int(micros) // 1000

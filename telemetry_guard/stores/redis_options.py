@@ -57,7 +57,10 @@ class RedisTarget:
 
     @property
     def key(self) -> str:
-        """The URL and options as one text: equal targets share a client."""
+        """The URL and options as one text: equal targets share a client (a URL without
+        options is its own key, registered or not)."""
+        if not self.options:
+            return self.url
         return self.url + "\0" + json.dumps(self.options, sort_keys=True, default=repr)
 
     def client_kwargs(self) -> dict[str, Any]:

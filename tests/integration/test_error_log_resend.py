@@ -17,6 +17,7 @@ import redis
 from telemetry_guard.core.classify import Severity
 from telemetry_guard.core.events import FailureEvent
 from telemetry_guard.sinks.errorlog import ErrorLogSink
+from tests.forking import in_child
 from tests.lossy_proxy import LossyProxy
 from tests.servers import RedisServer, start_redis, wait_for
 
@@ -83,3 +84,29 @@ def test_two_processes_writing_alike_are_not_taken_for_one(server: RedisServer) 
         for sink in sinks:
             sink.close()
     assert task_ids(client, PREFIX + "errors") == ["id-7", "id-7"]
+
+
+def test_a_forked_child_is_a_writer_of_its_own(server: RedisServer) -> None:
+    """A child forked after its parent wrote (no after_fork hook called) does not take up
+    the parent's sequence: the parent's records after the child's are not skipped as
+    already written."""
+    client = server.client(0)
+    client.delete(PREFIX + "errors")
+    sink = ErrorLogSink(server.url, key_prefix=PREFIX)
+    try:
+        for n in range(3):
+            sink.on_failure(give_up(n))
+        sink.flush()
+
+        def child_writes() -> None:
+            for n in range(3, 6):
+                sink.on_failure(give_up(n))
+            sink.flush()
+
+        in_child(child_writes)
+        for n in range(6, 9):
+            sink.on_failure(give_up(n))
+        sink.flush()
+    finally:
+        sink.close()
+    assert task_ids(client, PREFIX + "errors") == [f"id-{n}" for n in range(9)]
