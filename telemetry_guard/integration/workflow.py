@@ -146,9 +146,8 @@ def stamp_workflow(sender: Any = None, body: Any = None, headers: Any = None,
                 length = len(chain) + 1
             if length is not None:
                 headers[CHAIN_LENGTH_HEADER] = length
-        if current is not None and LINK_HEADER not in headers:
-            link = getattr(current, SPAN_REMEMBERED, None)
-            if link:
-                headers[LINK_HEADER] = link
+        link = None if current is None else getattr(current, SPAN_REMEMBERED, None)
+        if link:  # replaces a link a retry copied from the previous attempt's headers
+            headers[LINK_HEADER] = link
     except Exception:  # telemetry fails open: the publish goes on unstamped
         return

@@ -163,15 +163,16 @@ def test_chain_of_five_whose_third_gives_up_is_a_broken_workflow_in_every_sink(
 
 
 def test_a_retry_span_links_to_the_previous_attempt(celery_app: Celery, spans: Any) -> None:
-    """The second attempt's span links to the span of the first, which scheduled it."""
+    """Each attempt's span links to the span of the attempt before, which scheduled it."""
     TelemetryGuard(celery_app)
     calls = {"n": 0}
 
-    @celery_app.task(bind=True, base=GuardedTask, name="t.wf.flaky", retry_policy=ONE_RETRY,
-                     shared=False)
+    @celery_app.task(bind=True, base=GuardedTask, name="t.wf.flaky", shared=False,
+                     retry_policy=RetryPolicy(max_retries=2, base_delay=0.01, max_delay=0.05,
+                                              retry_on=(ConnectionError,)))
     def flaky(self: Any) -> str:
         calls["n"] += 1
-        if calls["n"] == 1:
+        if calls["n"] <= 2:
             raise ConnectionError("reset")
         return "ok"
 
@@ -181,10 +182,11 @@ def test_a_retry_span_links_to_the_previous_attempt(celery_app: Celery, spans: A
     attempts = sorted((s for s in spans.get_finished_spans()
                        if s.attributes.get("celery.task_id") == result.id),
                       key=lambda s: s.attributes["celery.retries"])
-    assert [s.attributes["celery.retries"] for s in attempts] == [0, 1]
+    assert [s.attributes["celery.retries"] for s in attempts] == [0, 1, 2]
     assert list(attempts[0].links) == []
-    assert [link.context.span_id for link in attempts[1].links] == [attempts[0].context.span_id]
-    assert attempts[1].links[0].context.trace_id == attempts[0].context.trace_id
+    for earlier, later in zip(attempts[:-1], attempts[1:], strict=True):
+        assert [link.context.span_id for link in later.links] == [earlier.context.span_id]
+        assert later.links[0].context.trace_id == earlier.context.trace_id
 
 
 def test_a_chord_member_giving_up_fails_the_callback_with_an_event_naming_it(
