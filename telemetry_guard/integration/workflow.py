@@ -72,8 +72,10 @@ def _fields(request: Any, task_name: str, give_up: bool, falls_back: bool) -> di
     if root_id:
         fields["root_id"] = root_id
         fields["parent_id"] = getattr(request, "parent_id", None)
-        fields["root_task"] = str(header(request, ROOT_TASK_HEADER) or (
-            task_name if root_id == task_id else "")) or None
+        root_task = header(request, ROOT_TASK_HEADER)
+        if root_task is None and root_id == task_id:  # published by a process without us
+            root_task = task_name
+        fields["root_task"] = None if root_task is None else str(root_task)
     group_id = getattr(request, "group", None)
     if group_id:
         fields["group_id"] = group_id
