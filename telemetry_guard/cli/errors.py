@@ -31,16 +31,19 @@ def errors() -> None:
 
 @errors.command("list")
 @filter_options
+@click.option("--root", "roots", multiple=True, metavar="ID",
+              help="Only records of the workflow with this root task id (repeatable).")
 @click.option("--limit", type=click.IntRange(min=1), default=DEFAULT_LIMIT, show_default=True,
               help="At most this many records.")
 @json_option
 @click.pass_context
 def list_errors(ctx: click.Context, tasks: tuple[str, ...], severity: tuple[str, ...],
                 min_severity: str | None, exceptions: tuple[str, ...], grep: str | None,
-                since: str | None, until: str | None, limit: int) -> None:
+                since: str | None, until: str | None, roots: tuple[str, ...],
+                limit: int) -> None:
     """Failure records, newest first."""
     cli = cli_context(ctx)
-    flt = build_filter(tasks, severity, min_severity, exceptions, grep)
+    flt = build_filter(tasks, severity, min_severity, exceptions, grep, roots)
     window = build_window(since, until, now=time.time())
     streams = GuardStreams.for_cli(cli)
     as_json = cli.as_json

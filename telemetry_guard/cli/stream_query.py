@@ -223,13 +223,15 @@ class RecordFilter:
 
     ``tasks`` and ``exceptions`` match exactly (a task may be a glob such as ``shop.*``; an
     exception its class name or ``module.Class``); ``grep`` is a case-insensitive substring
-    of the message, exception type or task name.
+    of the message, exception type or task name; ``roots`` are workflow root ids (a
+    record of any task of those workflows).
     """
 
     tasks: tuple[str, ...] = ()
     severities: frozenset[str] | None = None
     exceptions: tuple[str, ...] = ()
     grep: str | None = None
+    roots: tuple[str, ...] = ()
     #: Groups of byte strings: a match contains at least one of each group.
     needles: tuple[tuple[bytes, ...], ...] = field(default=(), init=False, repr=False)
     #: ``grep`` lower-cased, when a raw record that lacks it certainly does not match.
@@ -246,6 +248,10 @@ class RecordFilter:
         if self.exceptions:  # the class name: the whole of e, or what follows any dot in it
             names = {e[i + 1:] for e in self.exceptions for i, c in enumerate(e) if c == "."}
             quoted = [_quoted(n) for n in sorted(names.union(self.exceptions))]
+            if all(q is not None for q in quoted):
+                needles.append(tuple(q for q in quoted if q is not None))
+        if self.roots:
+            quoted = [_quoted(r) for r in self.roots]
             if all(q is not None for q in quoted):
                 needles.append(tuple(q for q in quoted if q is not None))
         object.__setattr__(self, "needles", tuple(needles))
@@ -265,7 +271,8 @@ class RecordFilter:
     @property
     def empty(self) -> bool:
         """True when the filter lets everything through."""
-        return not (self.tasks or self.severities is not None or self.exceptions or self.grep)
+        return not (self.tasks or self.severities is not None or self.exceptions or self.grep
+                    or self.roots)
 
     def may_match(self, raw: bytes) -> bool:
         """False only when the record certainly does not match (no JSON parsed)."""
@@ -282,6 +289,8 @@ class RecordFilter:
         if self.tasks and not any(fnmatch.fnmatchcase(task, t) for t in self.tasks):
             return False
         if self.severities is not None and record.get("severity") not in self.severities:
+            return False
+        if self.roots and record.get("root_id") not in self.roots:
             return False
         exc = str(record.get("exception_type") or "")
         if self.exceptions:

@@ -242,13 +242,15 @@ def filter_options(func: F) -> F:
 
 def build_filter(tasks: Sequence[str] = (), severity: Sequence[str] = (),
                  min_severity: str | None = None, exceptions: Sequence[str] = (),
-                 grep: str | None = None) -> RecordFilter:
-    """The filter of the shared options; a one-line usage error on a bad severity."""
+                 grep: str | None = None, roots: Sequence[str] = ()) -> RecordFilter:
+    """The filter of the shared options (and ``--root``); a one-line usage error on a bad
+    severity."""
     try:
         severities = severities_from(severity, min_severity)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return RecordFilter(tuple(tasks), severities, tuple(exceptions), grep or None)
+    return RecordFilter(tuple(tasks), severities, tuple(exceptions), grep or None,
+                        tuple(roots))
 
 
 def build_window(since: str | None, until: str | None, *, now: float) -> Window:

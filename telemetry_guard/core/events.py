@@ -45,6 +45,22 @@ class FailureEvent:
     #: The original message (task, id, args, kwargs, options), unredacted, for the
     #: dead-letter stream only; never logged or sent anywhere else.
     replay: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    # -- the workflow (Celery canvas) the task ran in, where Celery tells it ------------
+    #: The id of the workflow's first task, and of the task that published this one.
+    root_id: str | None = None
+    parent_id: str | None = None
+    #: The name of the workflow's first task.
+    root_task: str | None = None
+    group_id: str | None = None
+    #: For a chord member: the id of the chord's callback.
+    chord_id: str | None = None
+    #: For a chord member: the name of the chord's callback task.
+    chord_task: str | None = None
+    #: 1-based position in a chain, and the chain's length.
+    chain_position: int | None = None
+    chain_length: int | None = None
+    #: Steps a give-up abandons: the rest of the chain, link callbacks, the chord callback.
+    steps_dropped: int = 0
 
     @property
     def retried(self) -> bool:
@@ -81,6 +97,15 @@ class FailureEvent:
             "span_id": self.span_id,
             "timestamp": self.timestamp,
             "channels": sorted(self.channels),
+            "root_id": self.root_id,
+            "parent_id": self.parent_id,
+            "root_task": self.root_task,
+            "group_id": self.group_id,
+            "chord_id": self.chord_id,
+            "chord_task": self.chord_task,
+            "chain_position": self.chain_position,
+            "chain_length": self.chain_length,
+            "steps_dropped": self.steps_dropped,
         }
 
 

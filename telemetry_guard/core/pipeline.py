@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from .classify import Classifier, Severity, escalate
@@ -65,6 +65,11 @@ def honour_retry_after(delay: float, exc: BaseException, policy: RetryPolicy) ->
     return delay
 
 
+#: Reads a task's workflow context from its request: ``(request, task_name=..., give_up=...,
+#: falls_back=...)`` → ``FailureEvent`` fields (``root_id``, ``chain_position``, ...).
+WorkflowReader = Callable[..., Mapping[str, Any]]
+
+
 class Routing(NamedTuple):
     """A failure's severity, whether its task expects it (``throws``), and its channels."""
 
@@ -78,13 +83,15 @@ class EventBuilder:
 
     def __init__(self, *, classifier: Classifier, router: Router, redactor: Redactor,
                  traceback_redactor: Redactor, keeps_dead_letters: bool,
-                 trace_ids: Callable[[], tuple[str | None, str | None]]) -> None:
+                 trace_ids: Callable[[], tuple[str | None, str | None]],
+                 workflow: WorkflowReader | None = None) -> None:
         self.classifier = classifier
         self.router = router
         self.redactor = redactor
         self.traceback_redactor = traceback_redactor
         self.keeps_dead_letters = keeps_dead_letters
         self.trace_ids = trace_ids
+        self.workflow = workflow
 
     def severity_of(self, task: Any, exc: BaseException) -> Severity:
         """Task option ``severity`` when set, else the classifier's verdict."""
@@ -107,8 +114,9 @@ class EventBuilder:
     def build(self, task: Any, exc: BaseException, *, args: Any, kwargs: Any, request: Any,
               decision: Decision, delay: float | None = None, reason: str = "",
               max_retries: int | None = None,
-              traceback_text: str | None = None) -> FailureEvent:
-        """The one event every sink receives: redacted, bounded, with trace ids."""
+              traceback_text: str | None = None, falls_back: bool = False) -> FailureEvent:
+        """The one event every sink receives: redacted, bounded, with trace ids and the
+        workflow context (``falls_back``: a give-up whose fallback's result flows on)."""
         task_name = getattr(task, "name", None) or "unknown"
         severity, expected, channels = self.routing(task, exc, reason)
         redactor = self.redactor
@@ -124,6 +132,8 @@ class EventBuilder:
                             "exchange": delivery_info.get("exchange"),
                             "priority": delivery_info.get("priority")},
             }
+        workflow = (self.workflow(request, task_name=task_name, give_up=decision == "give_up",
+                                  falls_back=falls_back) if self.workflow is not None else {})
         return FailureEvent(
             task_name=task_name,
             task_id=task_id,
@@ -152,6 +162,7 @@ class EventBuilder:
             channels=channels,
             exception=exc,
             replay=replay,
+            **workflow,
         )
 
     def breaker_trip(self, change: BreakerChange) -> FailureEvent:

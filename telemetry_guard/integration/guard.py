@@ -43,6 +43,7 @@ from .config import Settings, check_budget_has_redis
 from .signals import GuardSignals
 from .task import GuardedTask
 from .task_guard import APP_ATTRIBUTE, guard_of
+from .workflow import chord_callback_failure, workflow_fields
 
 #: How many recorded task ids a process remembers, to never report one failure twice.
 RECORDED_IDS = 4096
@@ -156,7 +157,8 @@ class TelemetryGuard:
         self.events = EventBuilder(
             classifier=self.classifier, router=self.router, redactor=self.redactor,
             traceback_redactor=self.traceback_redactor,
-            keeps_dead_letters=s.redis_url is not None, trace_ids=current_ids)
+            keeps_dead_letters=s.redis_url is not None, trace_ids=current_ids,
+            workflow=workflow_fields)
         self.metrics = get_metrics(s.metrics)
         self.retry_budget = None
         self.metrics_sink = MetricsSink(self.metrics, max_label_values=s.max_label_values)
@@ -325,6 +327,9 @@ class TelemetryGuard:
                     self._recorded.popitem(last=False)
             self._remember_attempt(event.task_id, event.attempt)
         self.dispatcher.failure(event)
+        callback_failure = chord_callback_failure(event)
+        if callback_failure is not None:
+            self.dispatcher.failure(callback_failure)
         if event.exception is not None:
             self.error_callbacks.run(event.exception, event, self.report_error)
 

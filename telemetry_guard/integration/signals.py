@@ -21,6 +21,7 @@ from . import callbacks, log_context
 from .celery_retry import celery_max_retries, gave_up_in_celery_retry
 from .task import GuardedTask
 from .task_guard import SignalGuard
+from .workflow import stamp_workflow
 
 
 class GuardSignals:
@@ -53,6 +54,8 @@ class GuardSignals:
             signal.connect(handler, weak=True, dispatch_uid=self._uid)
         signals.before_task_publish.connect(
             carry_trace_context, weak=False, dispatch_uid="telemetry_guard:publish")
+        signals.before_task_publish.connect(
+            stamp_workflow, weak=False, dispatch_uid="telemetry_guard:workflow")
 
     def trace_publishes(self, on: bool) -> None:
         """Whether this guard's trace context goes into the headers of published tasks."""

@@ -31,6 +31,8 @@ from .celery_retry import (
 from .task_guard import TaskGuard, guard_of
 
 _PASS_THROUGH = (Retry, Ignore, Reject)
+#: Give-up reasons after which the task's ``fallback`` gives its result instead.
+_FALLBACK_REASONS = ("max_retries_exceeded", "retry_budget_exhausted")
 
 
 class GuardedTask(Task):  # type: ignore[misc]
@@ -84,17 +86,17 @@ class GuardedTask(Task):  # type: ignore[misc]
             budget_allows=None if budget is None else partial(budget.withdraw, self.name))
         if delay is not None:
             delay = guard.cap_countdown(self.name, delay)
+        falls_back = self.fallback is not None and reason in _FALLBACK_REASONS
         event = guard.events.build(
             self, exc, args=args, kwargs=kwargs, request=request, decision=decision,
-            delay=delay, reason=reason, max_retries=max_retries)
+            delay=delay, reason=reason, max_retries=max_retries, falls_back=falls_back)
         guard.record(event)
         if decision == "retry":
             guard.runtime(self.name, "retry").observe(elapsed)
             return _Raise(self.retry(exc=transportable(exc, event.traceback), countdown=delay,
                                      max_retries=max_retries, throw=False))
         guard.runtime(self.name, "failure").observe(elapsed)
-        if self.fallback is not None and reason in ("max_retries_exceeded",
-                                                    "retry_budget_exhausted"):
+        if falls_back:
             return self._fallback()(*args, **kwargs)
         replacement = outcome_for(exc)
         return _RERAISE if replacement is exc else _Raise(replacement)

@@ -71,6 +71,7 @@ def body_for(payload: Mapping[str, Any], *, suppressed: int = 0,
         line("Attempt", payload.get("attempt")),
         line("Host", payload.get("hostname")),
         line("Trace id", payload.get("trace_id")),
+        *workflow_lines(payload, line),
     ]
     if suppressed > 0:
         lines.append(line("Suppressed", f"{suppressed} since the last mail"))
@@ -79,6 +80,26 @@ def body_for(payload: Mapping[str, Any], *, suppressed: int = 0,
     lines += ["", "Traceback (redacted):", body_text(payload.get("traceback") or "(none)"), "",
               "Sent by telemetry_guard."]
     return "\n".join(lines) + "\n"
+
+
+def workflow_lines(payload: Mapping[str, Any], line: Any) -> list[str]:
+    """The workflow the task ran in, when it ran in one: root id and task, chain position,
+    chord, and how many steps the give-up abandoned."""
+    lines = []
+    position, length = payload.get("chain_position"), payload.get("chain_length")
+    dropped = payload.get("steps_dropped") or 0
+    in_workflow = position is not None or payload.get("chord_id") or dropped
+    if payload.get("root_id") and in_workflow:
+        root_task = payload.get("root_task")
+        lines.append(line("Workflow", f"{payload['root_id']}"
+                                      + (f" (started by {root_task})" if root_task else "")))
+    if position is not None:
+        lines.append(line("Chain step", f"{position} of {length}" if length else position))
+    if payload.get("chord_id"):
+        lines.append(line("Chord", payload.get("chord_id")))
+    if dropped:
+        lines.append(line("Dropped", f"{dropped} step(s) of the workflow will not run"))
+    return lines
 
 
 def build_message(payload: Mapping[str, Any], *, sender: str, recipients: Iterable[str],

@@ -83,7 +83,16 @@ def build_payload(event: FailureEvent) -> dict[str, Any]:
         "trace_id": event.trace_id,
         "traceback": event.traceback,
         "fingerprint": list(event.fingerprint),
+        **workflow_payload(event),
     }
+
+
+def workflow_payload(event: FailureEvent) -> dict[str, Any]:
+    """The workflow fields the mail shows, those that are set (none outside a workflow)."""
+    values = {"root_id": event.root_id, "root_task": event.root_task,
+              "chain_position": event.chain_position, "chain_length": event.chain_length,
+              "chord_id": event.chord_id, "steps_dropped": event.steps_dropped or None}
+    return {key: value for key, value in values.items() if value is not None}
 
 
 #: Notifications held in memory while the broker refuses them; more are counted and dropped.

@@ -43,6 +43,7 @@ class LogSink(Sink):
         if event.trace_id:
             common["trace_id"] = event.trace_id
             common["span_id"] = event.span_id
+        common.update(workflow_log_fields(event))
         self.log.warning(
             "task.failed", exception_message=event.message, expected=event.expected,
             traceback=event.traceback, **common)
@@ -52,12 +53,31 @@ class LogSink(Sink):
                 delay_s=round(event.delay_s or 0.0, 3), **common)
         else:
             self.log.error("task.gave_up", reason=event.reason,
-                           max_retries=event.max_retries, **common)
+                           max_retries=event.max_retries, steps_dropped=event.steps_dropped,
+                           **common)
+            if event.steps_dropped > 0:
+                self.log.error("workflow.broken", task_name=event.task_name,
+                               task_id=event.task_id, root_id=event.root_id,
+                               root_task=event.root_task, steps_dropped=event.steps_dropped)
 
     def on_breaker_change(self, change: BreakerChange) -> None:
         self.log.warning("breaker.state_changed", breaker=change.breaker,
                          from_state=change.from_state, to_state=change.to_state,
                          reason=change.reason)
+
+
+def workflow_log_fields(event: FailureEvent) -> dict[str, Any]:
+    """``root_id``, ``parent_id`` (and ``chain_position``, ``chord_id`` when set) of a
+    failure that ran in a workflow."""
+    fields: dict[str, Any] = {}
+    if event.root_id:
+        fields["root_id"] = event.root_id
+        fields["parent_id"] = event.parent_id
+    if event.chain_position is not None:
+        fields["chain_position"] = event.chain_position
+    if event.chord_id:
+        fields["chord_id"] = event.chord_id
+    return fields
 
 
 def configure_logging(stream: IO[str] | None = None, *, level: int = logging.INFO) -> None:

@@ -64,6 +64,9 @@ FAMILIES = (
     FamilySpec("dead_letters_evicted", "dead_letters_evicted", "counter",
                "Dead letters removed by their task's retention before anyone replayed them.",
                ("task",)),
+    FamilySpec("workflows_broken", "workflows_broken", "counter",
+               "Workflows (a chain or chord) abandoned by a give-up, by their first task.",
+               ("root_task",)),
 )
 
 
@@ -110,6 +113,7 @@ class Metrics:
     notifications: Any
     telemetry_errors: Any
     dead_letters_evicted: Any
+    workflows_broken: Any
 
     def __init__(self, registry: Any = None, *, backend: str = "prometheus",
                  meter_provider: Any = None) -> None:
@@ -174,6 +178,7 @@ class MetricsSink(Sink):
         self.exception_label = LabelBound(max_label_values)
         #: One bound for the ``breaker`` label of every breaker metric (per-host breakers).
         self.breaker_label = LabelBound(max_label_values)
+        self.root_task_label = LabelBound(max_label_values)
         self._runtime: dict[tuple[str, str], Any] = {}
 
     def runtime(self, task_name: str, outcome: str) -> Any:
@@ -196,6 +201,9 @@ class MetricsSink(Sink):
             self.metrics.task_giveups.labels(task, exception, severity).inc()
             if event.reason == "retry_budget_exhausted":
                 self.metrics.retry_budget_exhausted.labels(task).inc()
+            if event.steps_dropped > 0:
+                self.metrics.workflows_broken.labels(
+                    self.root_task_label(event.root_task or event.task_name)).inc()
 
     def dead_letters_evicted(self, task_name: str, count: int) -> None:
         """Count ``count`` dead letters of a task removed by its retention."""

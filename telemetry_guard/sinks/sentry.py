@@ -119,6 +119,13 @@ class Report:
             event["level"] = self.level
 
 
+def workflow_tags(event: FailureEvent) -> dict[str, str]:
+    """Tags ``root_id``, ``parent_id`` and, when set, ``chain_position`` and ``chord_id``."""
+    values = {"root_id": event.root_id, "parent_id": event.parent_id,
+              "chain_position": event.chain_position, "chord_id": event.chord_id}
+    return {key: str(value) for key, value in values.items() if value is not None}
+
+
 def fingerprint_for(mode: str, task_name: str, exception_type: str) -> list[str]:
     """``telemetry_guard_sentry_fingerprint``: Sentry's own grouping split per task
     (``default``), or task and exception type (``task_exception``)."""
@@ -335,6 +342,7 @@ class SentrySink(Sink):
                                  event.queue, routed)
             if exc is not None:
                 attach_report(exc, report)
+        report.tags.update(workflow_tags(event))
         if not routed:
             self._breadcrumb(event)
             return

@@ -9,7 +9,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from ..core.events import BreakerChange, FailureEvent
 from ..core.sink import Sink
@@ -50,25 +50,65 @@ def inject_headers(headers: MutableMapping[str, Any]) -> None:
     propagate.inject(headers)
 
 
+#: Message header: the W3C traceparent of the span of the task run that published the task
+#: (a retry, the next chain step); the task's span links to it.
+LINK_HEADER = "telemetry_guard_link"
+#: Request attribute where a task run's span is remembered as a traceparent, for the
+#: messages published after the span ended (Celery's tracer sends the next chain step then).
+SPAN_REMEMBERED = "telemetry_guard_span"
+
+
+def traceparent(span: Any) -> str | None:
+    """A span's W3C traceparent, or None for an invalid span."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+def linked_span(request: Any) -> SpanContext | None:
+    """The span context named by the request's link header, or None (absent or malformed)."""
+    value = getattr(request, LINK_HEADER, None)
+    if not isinstance(value, str):
+        return None
+    parts = value.split("-")
+    try:
+        if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+            return None
+        ctx = SpanContext(int(parts[1], 16), int(parts[2], 16), is_remote=True,
+                          trace_flags=TraceFlags(int(parts[3], 16) & 0xFF))
+    except ValueError:
+        return None
+    return ctx if ctx.is_valid else None
+
+
 class TaskSpan:
-    """The span of one task run: ours, or the instrumentation's when it opened one."""
+    """The span of one task run: ours, or the instrumentation's when it opened one.
+
+    It links to the span of the run that published the task (a retry's previous attempt,
+    a chain's previous step), and is remembered on the request for the tasks it publishes.
+    """
 
     __slots__ = ("span", "_token", "_owned")
 
     def __init__(self, task_name: str, task_id: str | None, retries: int, request: Any) -> None:
         current = trace.get_current_span()
         attributes = _attributes(task_name, task_id, retries, request)
+        link = linked_span(request)
         if runs_task(current, task_name):
             self.span, self._token, self._owned = current, None, False
             current.set_attributes(attributes)
+            if link is not None and hasattr(current, "add_link"):
+                current.add_link(link)
         else:
             parent = (propagate.extract(request, getter=REQUEST_GETTER)
                       if _carries_context(request) else None)
             self.span = _tracer().start_span(
                 INSTRUMENTATION_SPAN_PREFIX + task_name, context=parent, kind=SpanKind.CONSUMER,
-                attributes=attributes)
+                attributes=attributes, links=None if link is None else (Link(link),))
             self._token = otel_context.attach(trace.set_span_in_context(self.span, parent))
             self._owned = True
+        setattr(request, SPAN_REMEMBERED, traceparent(self.span))
 
     @property
     def owned(self) -> bool:
@@ -168,6 +208,14 @@ def span_ids(span: Any) -> tuple[str | None, str | None]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
+def workflow_attributes(event: FailureEvent) -> dict[str, Any]:
+    """``telemetry_guard.root_id``, ``.parent_id``, ``.chain_position``, ``.chord_id``
+    where the failure's workflow context has them."""
+    values = {"root_id": event.root_id, "parent_id": event.parent_id,
+              "chain_position": event.chain_position, "chord_id": event.chord_id}
+    return {EVENT_PREFIX + key: value for key, value in values.items() if value is not None}
+
+
 class TracingSink(Sink):
     """Records the failure on the active span: exception, ERROR status, retry or give-up.
 
@@ -183,6 +231,7 @@ class TracingSink(Sink):
         if not span.is_recording():
             return
         span.set_attribute("telemetry_guard.severity", event.severity.label)
+        span.set_attributes(workflow_attributes(event))
         if not (event.decision == "give_up" and not event.expected
                 and opened_by_instrumentation(span)):
             # Recorded by hand, not with record_exception(): the message and
