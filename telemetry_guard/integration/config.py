@@ -188,6 +188,8 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if isinstance(raw, str) and raw.lstrip().startswith("["):
                 raw = json.loads(raw)
             return parse_redact_keys(raw)
+        if name in ("periodic_tolerance", "beat_heartbeat_interval") and isinstance(raw, bool):
+            raise ValueError(f"must be a number, not {raw!r}")
         if name == "periodic_tolerance":
             value = float(raw)
             if not math.isfinite(value) or value <= 1:

@@ -104,7 +104,7 @@ class TelemetryGuard:
         "settings", "router", "redactor", "traceback_redactor", "events", "metrics",
         "metrics_sink",
         "dispatcher", "retry_budget", "_exporter_handler",
-        "_celery_log_scrubber",
+        "_celery_log_scrubber", "periodic",
     })
 
     def __getattr__(self, name: str) -> Any:

@@ -26,7 +26,10 @@ def missed_event(guard: Any, task_name: str, overdue_s: float, interval_s: float
                  now: float | None = None) -> FailureEvent:
     """``PeriodicRunMissed`` of ``task_name``: severity and channels by the task's rules."""
     exc = PeriodicRunMissed(task_name, overdue_s, interval_s)
-    task = guard.app.tasks.get(task_name) if getattr(guard.app, "finalized", False) else None
+    try:
+        task = guard.app.tasks.get(task_name)
+    except Exception:  # the app cannot be finalized: route by the task's name alone
+        task = None
     severity, expected, channels = guard.events.routing(
         task if task is not None else _TaskStandIn(task_name), exc, "periodic_missed")
     return _event(task_name, exc, severity, channels, "periodic_missed", now)

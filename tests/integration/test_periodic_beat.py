@@ -128,6 +128,7 @@ def test_runs_beat_down_missed_and_overlapping(processes: Processes, redis_url: 
     assert rows["periodic.tick"]["tolerance"] == 2.0       # the app's setting
     assert rows["periodic.slow"]["tolerance"] == 3.0       # the task's own option
     assert "periodic.plain" not in rows
+    assert 0 <= rows["periodic.tick"]["last_start_delay_s"] < 1.0  # from beat's header
 
     # the slow task runs past its interval: overlapping, counted in beat's /metrics
     wait_for(lambda: state_of("periodic.slow") == "overlapping", timeout=10, interval=0.3)
