@@ -151,3 +151,26 @@ def test_error_log_gets_the_missed_run(celery_app: Celery, redis_url: str) -> No
     assert record["exception_type"] == "PeriodicRunMissed"
     assert record["task_name"] == "p.critical_job"
     assert record["severity"] == "critical"
+
+
+def test_otlp_instruments_read_the_shared_state(celery_app: Celery) -> None:
+    """With OTLP metrics, the periodic families are observable instruments read at export."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from telemetry_guard.periodic.collector import install_otel_gauges
+
+    guard = TelemetryGuard(celery_app)
+    guard.periodic.store.register([PeriodicEntry("p.otlp", "every 5s", 5.0, 1.5)])
+    guard.periodic.store.beat(2.0)
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    install_otel_gauges(provider)
+    points = {m.name: [(dict(p.attributes), p.value) for p in m.data.data_points]
+              for rm in reader.get_metrics_data().resource_metrics
+              for sm in rm.scope_metrics for m in sm.metrics}
+    assert points["telemetry_guard_periodic_expected_interval_seconds"] == [
+        ({"task": "p.otlp"}, 5.0)]
+    assert points["telemetry_guard_beat_heartbeat_interval_seconds"] == [({}, 2.0)]
+    assert "telemetry_guard_periodic_last_run_timestamp_seconds" not in points  # never ran
+    provider.shutdown()

@@ -49,6 +49,7 @@ class BeatSide:
         self._on_started = on_started
         self._log = log
         self._service: Any = None
+        self._beat_thread: int | None = None
         self._registered: list[PeriodicEntry] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -59,7 +60,8 @@ class BeatSide:
         if getattr(sender, "app", None) is not self.app or self._service is not None:
             return
         self._service = sender
-        _beat_threads.add(threading.get_ident())
+        self._beat_thread = threading.get_ident()
+        _beat_threads.add(self._beat_thread)
         started = time.time()
         try:
             self.store.beat(self.heartbeat_interval, started=started)
@@ -109,8 +111,9 @@ class BeatSide:
             self._report_error("metrics_server", exc)
 
     def close(self) -> None:
-        """Stop beating and serving."""
+        """Stop beating, stamping and serving."""
         self._stop.set()
+        _beat_threads.discard(self._beat_thread)  # type: ignore[arg-type]
         server, self.metrics_server = self.metrics_server, None
         if server is not None:
             server.shutdown()

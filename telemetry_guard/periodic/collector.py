@@ -109,19 +109,20 @@ def read_snapshot() -> Snapshot | None:
         return None
 
 
-_otel_installed = False
+_otel_installed: set[int] = set()
 
 
-def install_otel_gauges() -> None:
-    """The same families as OpenTelemetry observable gauges (once per process)."""
-    global _otel_installed
-    if _otel_installed:
+def install_otel_gauges(meter_provider: Any = None) -> None:
+    """The same families as OpenTelemetry observable instruments, read at export time (once
+    per process and provider; default: the global MeterProvider)."""
+    if id(meter_provider) in _otel_installed:
         return
-    _otel_installed = True
+    _otel_installed.add(id(meter_provider))
     from opentelemetry import metrics
     from opentelemetry.metrics import CallbackOptions, Observation
 
-    meter = metrics.get_meter("telemetry_guard")
+    meter = (metrics.get_meter("telemetry_guard") if meter_provider is None
+             else meter_provider.get_meter("telemetry_guard"))
 
     def observe(family: Family) -> Any:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
