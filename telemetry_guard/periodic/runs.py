@@ -49,25 +49,29 @@ class PeriodicRuns:
 
     # -- the task's thread --------------------------------------------------------------
     def started(self, task: Any, task_id: str | None) -> None:
-        """``task_prerun``: a periodic task's run started."""
+        """``task_prerun``: a periodic task's run started. Never raises."""
         sent = _sent_at(task)
         if sent is None and task.name not in self.names:
             return
-        now = time.time()
-        delay = None
-        if sent is not None:
-            try:
-                delay = now - float(sent)
-            except (TypeError, ValueError):
-                delay = None
-        self.writer.add(("start", task.name, task_id or "", now, delay))
+        try:
+            now = time.time()
+            delay = None
+            if sent is not None and not getattr(task.request, "retries", 0):
+                delay = now - float(sent)  # a retry's message still carries the first send
+            self.writer.add(("start", task.name, task_id or "", now, delay))
+        except Exception as exc:
+            self._report_error("periodic", exc)
 
     def ended(self, task: Any, task_id: str | None, state: str | None) -> None:
-        """``task_postrun``: a periodic task's run ended (``state`` SUCCESS, FAILURE, RETRY)."""
+        """``task_postrun``: a periodic task's run ended (``state`` SUCCESS, FAILURE, RETRY).
+        Never raises."""
         if task.name not in self.names and _sent_at(task) is None:
             return
-        self.writer.add((OUTCOMES.get(state or "", "retry"), task.name, task_id or "",
-                         time.time(), None))
+        try:
+            self.writer.add((OUTCOMES.get(state or "", "retry"), task.name, task_id or "",
+                             time.time(), None))
+        except Exception as exc:
+            self._report_error("periodic", exc)
 
     # -- the names, refreshed in the background -----------------------------------------
     def start_refreshing(self) -> None:
