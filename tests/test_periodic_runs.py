@@ -174,3 +174,28 @@ def test_otlp_instruments_read_the_shared_state(celery_app: Celery) -> None:
     assert points["telemetry_guard_beat_heartbeat_interval_seconds"] == [({}, 2.0)]
     assert "telemetry_guard_periodic_last_run_timestamp_seconds" not in points  # never ran
     provider.shutdown()
+
+
+def test_lost_run_ends_as_a_failure(celery_app: Celery) -> None:
+    """A run whose pool child was lost (the main process tells ``task_failure``, no
+    ``task_postrun`` comes) leaves the running set as a failure: the next start is no
+    overlap."""
+    from billiard.exceptions import WorkerLostError
+    from celery import signals
+
+    celery_app.conf.beat_schedule = {"lost": {"task": "p.lost", "schedule": 60.0}}
+    guard = TelemetryGuard(celery_app, observe_all_tasks=False)
+    store = guard.periodic.store
+    store.register([PeriodicEntry("p.lost", "every 60s", 60.0, 1.5)])
+
+    @celery_app.task(name="p.lost")
+    def lost() -> None: ...
+
+    store.write([("start", "p.lost", "run-1", time.time(), None)])
+    signals.task_failure.send(sender=lost, task_id="run-1",
+                              exception=WorkerLostError("killed"))
+    guard.periodic.runs.writer.flush(5.0)
+    store.write([("start", "p.lost", "run-2", time.time(), None)])
+    (task,) = store.snapshot().tasks
+    assert task.running == 1 and task.overlaps == 0
+    assert task.last_failure is not None

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from billiard.exceptions import WorkerLostError
 from celery import signals
+from celery.exceptions import TimeLimitExceeded
 
 from ..sinks import exposition
 from .beat import BeatSide, stamp_beat_publish
@@ -21,6 +23,8 @@ from .store import PeriodicStore
 from .watcher import Watcher
 
 _said_off = False
+#: Failures told by the worker's main process for a run no ``task_postrun`` ends.
+LOST_RUN_ERRORS = (WorkerLostError, TimeLimitExceeded)
 
 
 def static_task_names(app: Any) -> frozenset[str]:
@@ -86,6 +90,7 @@ class PeriodicMonitor:
             (signals.worker_process_init, self.on_worker_process_init),
             (signals.worker_process_shutdown, self.on_worker_process_shutdown),
             (signals.worker_shutdown, self.on_worker_shutdown),
+            (signals.task_failure, self.on_task_failure),
         ]
 
     def on_worker_ready(self, sender: Any = None, **_: Any) -> None:
@@ -97,6 +102,13 @@ class PeriodicMonitor:
     def on_worker_process_init(self, **_: Any) -> None:
         """Pool child: its own names refresher (the parent's thread is not here)."""
         self.runs.start_refreshing()
+
+    def on_task_failure(self, sender: Any = None, task_id: str | None = None,
+                        exception: BaseException | None = None, **_: Any) -> None:
+        """Worker main process: a run whose child was lost or killed (no ``task_postrun``
+        comes) ends as a failure, so it is not left running."""
+        if isinstance(exception, LOST_RUN_ERRORS) and sender is not None:
+            self.runs.ended(sender, task_id, "FAILURE")
 
     def on_worker_process_shutdown(self, **_: Any) -> None:
         """Pool child exiting: write the buffered runs (its exit skips ``atexit``)."""
