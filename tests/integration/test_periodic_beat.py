@@ -31,15 +31,18 @@ class Processes:
     def __init__(self, broker: str, tmp: Path) -> None:
         self.tmp = tmp
         self.metrics_port = free_port()
+        self.worker_metrics_port = free_port()
+        (tmp / "prom").mkdir()
         self.env = dict(os.environ, TG_TEST_BROKER=broker, PYTHONPATH=str(ROOT),
                         TELEMETRY_GUARD_BEAT_METRICS_PORT=str(self.metrics_port))
         self.beat: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
         log = (self.tmp / f"{name}.log").open("a")
         return subprocess.Popen([sys.executable, "-m", "celery", "-A", APP, *args],
-                                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                                cwd=ROOT, env={**self.env, **env}, stdout=log,
+                                stderr=subprocess.STDOUT)
 
     def start_beat(self, *extra: str) -> None:
         self.beat = self._spawn("beat", "beat", "-s", str(self.tmp / "schedule"), "-l", "INFO",
@@ -48,7 +51,9 @@ class Processes:
     def start_worker(self) -> None:
         self.worker = self._spawn("worker", "worker", "-P", "prefork", "-c", "4", "-l",
                                   "WARNING", "--without-heartbeat", "--without-gossip",
-                                  "--without-mingle")
+                                  "--without-mingle",
+                                  TELEMETRY_GUARD_METRICS_PORT=str(self.worker_metrics_port),
+                                  PROMETHEUS_MULTIPROC_DIR=str(self.tmp / "prom"))
 
     def stop_beat(self) -> None:
         if self.beat is not None:
@@ -139,6 +144,9 @@ def test_runs_beat_down_missed_and_overlapping(processes: Processes, redis_url: 
     assert samples[("telemetry_guard_beat_heartbeat_interval_seconds", frozenset())] == 0.5
     assert ("telemetry_guard_periodic_last_success_timestamp_seconds",
             frozenset({("task", "periodic.tick")})) in samples
+    # the worker's /metrics (prefork, multiprocess mode) reads the same state
+    worker_samples = beat_metrics(processes.worker_metrics_port)
+    assert worker_samples[("telemetry_guard_periodic_expected_interval_seconds", slow)] == 1.0
 
     # beat stopped: "beat down", one BeatDown event, no missed run told while it is down
     processes.stop_beat()
