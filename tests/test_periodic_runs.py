@@ -199,3 +199,38 @@ def test_lost_run_ends_as_a_failure(celery_app: Celery) -> None:
     (task,) = store.snapshot().tasks
     assert task.running == 1 and task.overlaps == 0
     assert task.last_failure is not None
+
+
+def test_monitoring_off_records_nothing(celery_app: Celery, redis_url: str) -> None:
+    """``periodic_monitoring=False``: a scheduled task's runs write no periodic key."""
+    celery_app.conf.beat_schedule = {"off": {"task": "p.off", "schedule": 60.0}}
+    guard = TelemetryGuard(celery_app, periodic_monitoring=False)
+
+    @celery_app.task(name="p.off")
+    def off() -> str:
+        return "off"
+
+    assert off.apply().get() == "off"
+    assert guard.periodic is None
+    assert periodic_keys(redis_url) == []
+
+
+def test_monitoring_without_redis_is_said_once() -> None:
+    """Without the guard's Redis, monitoring is off, and the log says so once."""
+    from structlog.testing import capture_logs
+
+    from telemetry_guard.periodic import monitor
+
+    monitor._said_off = False
+    apps = [Celery(f"no_redis_{i}", broker="memory://", set_as_current=False)
+            for i in range(2)]
+    guards = []
+    with capture_logs() as logs:
+        for app in apps:
+            app.conf.beat_schedule = {"x": {"task": "p.x", "schedule": 5.0}}
+            guards.append(TelemetryGuard(app))
+            assert guards[-1].periodic is None
+    assert [log["event"] for log in logs].count("periodic.monitoring_off") == 1
+    for guard, app in zip(guards, apps, strict=True):
+        guard.close()
+        app.close()
