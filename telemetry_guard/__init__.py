@@ -14,6 +14,7 @@ _EXPORTS = {
     "BreakerChange": ".core.events", "CircuitBreaker": ".breaker",
     "CircuitOpenError": ".exceptions", "Classifier": ".core.classify",
     "FailureEvent": ".core.events", "GuardedTask": ".integration.task",
+    "PeriodicRunMissed": ".exceptions",
     "RedactingSpanExporter": ".sinks.span_redaction", "RetryPolicy": ".core.policy",
     "Severity": ".core.classify", "TaskMemoryError": ".exceptions",
     "TelemetryGuard": ".integration.guard", "UnpicklableTaskError": ".exceptions",
@@ -27,6 +28,7 @@ CircuitOpenError: _Any
 Classifier: _Any
 FailureEvent: _Any
 GuardedTask: _Any
+PeriodicRunMissed: _Any
 RedactingSpanExporter: _Any
 RetryPolicy: _Any
 Severity: _Any
@@ -58,7 +60,7 @@ def __getattr__(name: str) -> _Any:
 
 __all__ = [
     "BreakerChange", "CircuitBreaker", "CircuitOpenError", "Classifier", "FailureEvent",
-    "GuardedTask", "RedactingSpanExporter", "RetryPolicy", "Severity", "TaskMemoryError",
-    "TelemetryGuard", "UnpicklableTaskError", "classify", "configure_logging",
+    "GuardedTask", "PeriodicRunMissed", "RedactingSpanExporter", "RetryPolicy", "Severity",
+    "TaskMemoryError", "TelemetryGuard", "UnpicklableTaskError", "classify", "configure_logging",
     "recycle_on_memory_error", "register_resilient_request", "reset_connection_pool",
 ]

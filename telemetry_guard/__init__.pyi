@@ -7,6 +7,7 @@ from .core.events import BreakerChange as BreakerChange
 from .core.events import FailureEvent as FailureEvent
 from .core.policy import RetryPolicy as RetryPolicy
 from .exceptions import CircuitOpenError as CircuitOpenError
+from .exceptions import PeriodicRunMissed as PeriodicRunMissed
 from .exceptions import TaskMemoryError as TaskMemoryError
 from .exceptions import UnpicklableTaskError as UnpicklableTaskError
 from .http import register_resilient_request as register_resilient_request
@@ -26,6 +27,7 @@ __all__ = [
     "Classifier",
     "FailureEvent",
     "GuardedTask",
+    "PeriodicRunMissed",
     "RedactingSpanExporter",
     "RetryPolicy",
     "Severity",

@@ -2,6 +2,8 @@
 
     Exception
     ├── CircuitOpenError      a breaker refused the call
+    ├── PeriodicRunMissed     a periodic task did not run within its interval × tolerance
+    ├── BeatDown              celery beat stopped beating its heartbeat
     ├── TaskMemoryError       stands in for a MemoryError after which the pool child is recycled
     └── UnpicklableTaskError  stands in for a task's exception that cannot cross a process
 """
@@ -51,3 +53,34 @@ class TaskMemoryError(Exception):
     Stands in for the ``MemoryError`` itself, which Celery's main process would
     re-raise and stop on.
     """
+
+
+class PeriodicRunMissed(Exception):
+    """A periodic task did not run within its expected interval × tolerance."""
+
+    def __init__(self, task: str, overdue_s: float, interval_s: float) -> None:
+        super().__init__(task, overdue_s, interval_s)
+        self.task = task
+        self.overdue_s = float(overdue_s)
+        self.interval_s = float(interval_s)
+
+    def __str__(self) -> str:
+        return (f"periodic task {self.task!r} did not run for {self.overdue_s:.1f}s "
+                f"(expected every {self.interval_s:g}s)")
+
+    def __reduce__(self) -> tuple[type[PeriodicRunMissed], tuple[str, float, float]]:
+        return (type(self), (self.task, self.overdue_s, self.interval_s))
+
+
+class BeatDown(Exception):
+    """Celery beat sent no heartbeat for three heartbeat intervals."""
+
+    def __init__(self, silent_s: float) -> None:
+        super().__init__(silent_s)
+        self.silent_s = float(silent_s)
+
+    def __str__(self) -> str:
+        return f"celery beat sent no heartbeat for {self.silent_s:.1f}s"
+
+    def __reduce__(self) -> tuple[type[BeatDown], tuple[float]]:
+        return (type(self), (self.silent_s,))

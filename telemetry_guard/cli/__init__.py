@@ -27,6 +27,8 @@ SUBCOMMANDS = {
     "check": ("telemetry_guard.cli.check:check",
               "Check the set-up: broker, Redis, metrics dir, SMTP, Sentry, notification "
               "consumers, clocks."),
+    "periodic": ("telemetry_guard.cli.periodic:periodic",
+                 "Periodic tasks: schedule, last run, last success, state; beat's status."),
     "demo": ("telemetry_guard.cli.demo:demo",
              "Run healthy, flaky and failing tasks, a downstream outage and a CRITICAL e-mail."),
 }

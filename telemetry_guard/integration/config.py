@@ -68,6 +68,10 @@ class Settings:
     observe_all_tasks: bool = True
     sentry_fingerprint: str = "default"
     metrics: str = "prometheus"
+    periodic_monitoring: bool = True
+    periodic_tolerance: float = 1.5
+    beat_heartbeat_interval: float = 10.0
+    beat_metrics_port: int | None = None
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -161,7 +165,7 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if value <= 0:
                 raise ValueError("must be a positive integer")
             return value
-        if name == "metrics_port":
+        if name in ("metrics_port", "beat_metrics_port"):
             if raw is None:
                 return None
             port = _whole_number(raw)
@@ -184,7 +188,19 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if isinstance(raw, str) and raw.lstrip().startswith("["):
                 raw = json.loads(raw)
             return parse_redact_keys(raw)
-        if name in ("tracing", "redact_celery_logs", "observe_all_tasks"):
+        if name in ("periodic_tolerance", "beat_heartbeat_interval") and isinstance(raw, bool):
+            raise ValueError(f"must be a number, not {raw!r}")
+        if name == "periodic_tolerance":
+            value = float(raw)
+            if not math.isfinite(value) or value <= 1:
+                raise ValueError("must be a number > 1 (missed after interval x tolerance)")
+            return value
+        if name == "beat_heartbeat_interval":
+            value = float(raw)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError("must be a number of seconds > 0")
+            return value
+        if name in ("tracing", "redact_celery_logs", "observe_all_tasks", "periodic_monitoring"):
             if isinstance(raw, str):
                 return raw.strip().lower() in ("1", "true", "yes", "on")
             return bool(raw)

@@ -20,6 +20,7 @@ from ..core.redact import Redactor
 from ..core.routing import Router
 from ..core.sink import Sink
 from ..notify import NOTIFY_TASK_NAME, Notifier, register_notify_task
+from ..periodic.monitor import PeriodicMonitor
 from ..sinks.breaker_states import BreakerStateCollector
 from ..sinks.email import EmailSink
 from ..sinks.errorlog import ErrorLogSink
@@ -104,7 +105,7 @@ class TelemetryGuard:
         "settings", "router", "redactor", "traceback_redactor", "events", "metrics",
         "metrics_sink",
         "dispatcher", "retry_budget", "_exporter_handler",
-        "_celery_log_scrubber",
+        "_celery_log_scrubber", "periodic",
     })
 
     def __getattr__(self, name: str) -> Any:
@@ -171,6 +172,7 @@ class TelemetryGuard:
                               self.traceback_redactor.redact_tail).install()
             if s.redact_celery_logs else None)
         self._connect_breakers()
+        self.periodic = PeriodicMonitor.build(self)
         self.signals.trace_publishes(s.tracing)
         self._ready = True
 
@@ -438,6 +440,8 @@ class TelemetryGuard:
                 self._exporter_handler.uninstall()
             if self._celery_log_scrubber is not None:
                 self._celery_log_scrubber.uninstall()
+            if self.periodic is not None:
+                self.periodic.close()
             self.dispatcher.close()
         if current:
             delattr(self.app, APP_ATTRIBUTE)

@@ -31,6 +31,8 @@ class GuardSignals:
         self.guard = guard
         self._uid = f"telemetry_guard:{id(guard)}"
         self._metrics_server: Any = None
+        #: The runs of periodic tasks (``periodic.runs.PeriodicRuns``), when monitored.
+        self.periodic: Any = None
 
     def _pairs(self) -> list[tuple[Any, Any]]:
         return [
@@ -83,7 +85,9 @@ class GuardSignals:
 
     def on_task_prerun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
         """Bind the task's ids in structlog's context for the application's own log lines;
-        annotate the instrumentation's span of a plain task."""
+        annotate the instrumentation's span of a plain task; note a periodic run's start."""
+        if self.periodic is not None:
+            self.periodic.started(sender, task_id)
         if not self.observes(sender):
             return
         if signals.task_prerun.receivers[-1][0][0] != self._uid:
@@ -94,9 +98,11 @@ class GuardSignals:
             self._settle_span(span, sender, task_id, scrub=False)
 
     def on_task_postrun(self, sender: Any = None, task_id: str | None = None,
-                        **_: Any) -> None:
+                        state: str | None = None, **_: Any) -> None:
         """Restore structlog's context as it was before the task; settle the
-        instrumentation's span of the task before it ends."""
+        instrumentation's span of the task before it ends; note a periodic run's end."""
+        if self.periodic is not None:
+            self.periodic.ended(sender, task_id, state)
         log_context.unbind_task(task_id)
         span = trace.get_current_span()
         if opened_by_instrumentation(span) and self.observes(sender):

@@ -26,6 +26,8 @@ ARCHIVED_TYPES = ("counter", "histogram")
 MERGED = "merged"
 #: A metrics file shorter than this has not been initialised by its process yet.
 MMAP_HEADER_BYTES = 8
+#: Installers of the collectors read at scrape time; a multiprocess registry gets them too.
+SCRAPE_COLLECTORS: list[Any] = [BreakerStateCollector.install]
 
 
 def multiproc_dir() -> str | None:
@@ -137,7 +139,8 @@ def metrics_registry() -> Any:
         return REGISTRY
     registry = CollectorRegistry()
     ArchivingCollector(registry, path)
-    BreakerStateCollector.install(registry)
+    for install in tuple(SCRAPE_COLLECTORS):
+        install(registry)
     return registry
 
 
