@@ -51,6 +51,14 @@ CONTRACT: dict[str, dict[str, set[str] | None]] = {
         "channel": {"sentry", "email"}, "severity": SEVERITIES,
         "outcome": {"sent", "throttled", "failed"}},
     "telemetry_guard_telemetry_errors_total": {"sink": ANY},
+    # Periodic monitoring (the periodic contract): one series per beat entry, and beat's own.
+    **{f"telemetry_guard_periodic_{name}": {"task": ANY} for name in (
+        "last_run_timestamp_seconds", "last_success_timestamp_seconds",
+        "last_failure_timestamp_seconds", "expected_interval_seconds", "tolerance_ratio",
+        "monitored_since_timestamp_seconds", "last_start_delay_seconds", "running",
+        "overlaps_total")},
+    "telemetry_guard_beat_heartbeat_timestamp_seconds": {},
+    "telemetry_guard_beat_heartbeat_interval_seconds": {},
 }
 HISTOGRAM_SUFFIXES = {"_bucket": {"le": ANY}, "_count": {}, "_sum": {}}
 
