@@ -199,8 +199,9 @@ def state_timeline(title: str, description: str, query: Query,
 
 
 def table(title: str, description: str, key: str, columns: Sequence[Column], *,
-          width: int = 24, height: int = 10) -> Json:
-    """One row per value of the label ``key``, one column per instant query, merged."""
+          sort_desc: str = "", width: int = 24, height: int = 10) -> Json:
+    """One row per value of the label ``key``, one column per instant query, merged;
+    rows by the column titled ``sort_desc``, highest first."""
     queries = [Query(c.query.expr, c.query.legend, instant=True, table=True) for c in columns]
     ref_ids = [chr(ord("A") + i) for i in range(len(columns))]
     overrides = [{"matcher": {"id": "byName", "options": column.title},
@@ -210,7 +211,9 @@ def table(title: str, description: str, key: str, columns: Sequence[Column], *,
         "custom": {"align": "auto", "cellOptions": {"type": "auto"}, "inspect": False},
         "thresholds": threshold_steps((None, "text")),
     }
-    options = {"cellHeight": "sm", "footer": {"show": False}, "showHeader": True}
+    options: Json = {"cellHeight": "sm", "footer": {"show": False}, "showHeader": True}
+    if sort_desc:
+        options["sortBy"] = [{"desc": True, "displayName": sort_desc}]
     panel = _panel("table", title, description, queries, width=width, height=height,
                    field_defaults=defaults, options=options, overrides=overrides)
     panel["transformations"] = [

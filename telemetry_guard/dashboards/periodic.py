@@ -108,7 +108,8 @@ def periodic_dashboard() -> Json:
              Column("Missed after", Query(states.missed_after()), unit="s"),
              Column("Last start delay", Query(latest(START_DELAY)), unit="s",
                     missing="never"),
-             Column("Running", Query(latest(RUNNING)), decimals=0)]),
+             Column("Running", Query(latest(RUNNING)), decimals=0)],
+            sort_desc="State"),
         timeseries(
             "Time since last success per task",
             "Seconds since each periodic task last succeeded; a healthy task saw-tooths "
