@@ -22,6 +22,7 @@ from .periodic_promql import (
     INTERVAL,
     LAST_RUN,
     LAST_SUCCESS,
+    OVERLAP_WINDOW_WORDS,
     OVERLAPS,
     RUNNING,
     START_DELAY,
@@ -45,10 +46,8 @@ def periodic_dashboard() -> Json:
         return Query(f"count(\n  (\n{state}\n  ) == {code[name]}\n) or vector(0)", name,
                      instant=True)
 
-    def latest(metric: str) -> str:
-        return states.latest(metric)
-
-    heartbeat_age = f"time() - {states.latest(HEARTBEAT, task=False)}"
+    latest = states.latest
+    heartbeat_age = f"time() - {latest(HEARTBEAT, task=False)}"
     panels = [
         stat("Beat down",
              "1 while Celery beat's last heartbeat is older than "
@@ -72,7 +71,8 @@ def periodic_dashboard() -> Json:
              thresholds=threshold_steps((None, "green"), (1, "red"))),
         stat("Overlapping now",
              "Periodic tasks with more than one run in progress, or a run that started while "
-             "another was still going in the last 15 minutes. Bad: anything above 0 for a "
+             f"another was still going in the last {OVERLAP_WINDOW_WORDS}. Bad: anything "
+             "above 0 for a "
              "task that must not run twice at once. Next: 'Runs in progress'.",
              in_state("overlapping"), width=4, decimals=0,
              thresholds=threshold_steps((None, "green"), (1, "orange"))),
@@ -86,7 +86,7 @@ def periodic_dashboard() -> Json:
              "Beat entries the guard monitors (the selected ones). A task missing here is "
              "not in the beat schedule the guard read, or no process exports the periodic "
              "metrics (the guard's Redis is needed).",
-             Query(f"count({states.latest(INTERVAL)}) or vector(0)", "tasks",
+             Query(f"count({latest(INTERVAL)}) or vector(0)", "tasks",
                    instant=True),
              width=4, decimals=0),
         table(
@@ -142,7 +142,7 @@ def periodic_dashboard() -> Json:
             "Runs that started while another run of the same task was still going, per "
             "rate window. Bad: any, for a task that must not run twice at once (add a lock "
             "or lengthen the interval).",
-            [Query(states.latest(OVERLAPS, around="increase({}[$__rate_interval])"),
+            [Query(latest(OVERLAPS, around="increase({}[$__rate_interval])"),
                    "{{task}}")], unit="short", width=8, bars=True),
         timeseries(
             "Beat heartbeat age",
@@ -152,7 +152,7 @@ def periodic_dashboard() -> Json:
             "off from Redis. Next: the beat process and its log.",
             [Query(heartbeat_age, "heartbeat age"),
              Query(f"{BEAT_DOWN_INTERVALS} * "
-                   f"{states.latest(HEARTBEAT_INTERVAL, task=False)}", "down after")],
+                   f"{latest(HEARTBEAT_INTERVAL, task=False)}", "down after")],
             unit="s", width=24),
     ]
     return dashboard(
