@@ -51,6 +51,14 @@ CONTRACT: dict[str, dict[str, set[str] | None]] = {
         "channel": {"sentry", "email"}, "severity": SEVERITIES,
         "outcome": {"sent", "throttled", "failed"}},
     "telemetry_guard_telemetry_errors_total": {"sink": ANY},
+    # Periodic monitoring (the periodic contract): one series per beat entry, and beat's own.
+    **{f"telemetry_guard_periodic_{name}": {"task": ANY} for name in (
+        "last_run_timestamp_seconds", "last_success_timestamp_seconds",
+        "last_failure_timestamp_seconds", "expected_interval_seconds", "tolerance_ratio",
+        "monitored_since_timestamp_seconds", "last_start_delay_seconds", "running",
+        "overlaps_total")},
+    "telemetry_guard_beat_heartbeat_timestamp_seconds": {},
+    "telemetry_guard_beat_heartbeat_interval_seconds": {},
 }
 HISTOGRAM_SUFFIXES = {"_bucket": {"le": ANY}, "_count": {}, "_sum": {}}
 
@@ -512,6 +520,45 @@ def test_a_variant_with_a_selector_and_grouping_labels_passes_promtool(tmp_path:
                         "exp_samples": [{"labels": firing.format(
                             "TelemetryGuardBreakerOpen",
                             'breaker="payments-api",severity="warning"'), "value": 1}]}]}],
+    }
+    (tmp_path / "variant_test.yml").write_text(json.dumps(unit, indent=1), encoding="utf-8")
+    assert_success(run(tool("promtool"), "test", "rules", str(tmp_path / "variant_test.yml")))
+
+
+def test_a_variant_holds_back_periodic_alerts_only_where_beat_is_down(tmp_path: Path) -> None:
+    """With `group_by: [cluster, namespace, job]`, beat down in one cluster holds back that
+    cluster's missed task only: the same task missed in another cluster, whose beat is up,
+    still fires, and beat down fires for the first cluster alone."""
+    (tmp_path / "telemetry_guard.rules.yml").write_text(rule_file(VARIANT), encoding="utf-8")
+    eu = {"cluster": "eu", "namespace": "shop", "job": "celery-payments", "instance": "w1:9808"}
+    us = {**eu, "cluster": "us"}
+    series = []
+    for where, heartbeat in ((eu, "0 60 120x30"), (us, "0+60x32")):
+        task = {**where, "task": "shop.report"}
+        series += [
+            _series("telemetry_guard_beat_heartbeat_timestamp_seconds", where, heartbeat),
+            _series("telemetry_guard_beat_heartbeat_interval_seconds", where, "10x32"),
+            _series("telemetry_guard_periodic_last_run_timestamp_seconds", task, "0x32"),
+            _series("telemetry_guard_periodic_monitored_since_timestamp_seconds", task, "0x32"),
+            _series("telemetry_guard_periodic_expected_interval_seconds", task, "60x32"),
+            _series("telemetry_guard_periodic_tolerance_ratio", task, "1.5x32"),
+        ]
+    firing = ('ALERTS{{alertname="{}",alertstate="firing",cluster="{}",namespace="shop",'
+              'job="celery-payments",severity="critical"{}}}')
+    unit = {
+        "rule_files": ["telemetry_guard.rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{"name": "beat down per cluster", "interval": "1m", "input_series": series,
+                   "promql_expr_test": [
+                       {"expr": 'ALERTS{alertname="TelemetryGuardPeriodicTaskMissed",'
+                                'alertstate="firing"}', "eval_time": "15m",
+                        "exp_samples": [{"labels": firing.format(
+                            "TelemetryGuardPeriodicTaskMissed", "us", ',task="shop.report"'),
+                            "value": 1}]},
+                       {"expr": 'ALERTS{alertname="TelemetryGuardBeatDown",'
+                                'alertstate="firing"}', "eval_time": "15m",
+                        "exp_samples": [{"labels": firing.format(
+                            "TelemetryGuardBeatDown", "eu", ""), "value": 1}]}]}],
     }
     (tmp_path / "variant_test.yml").write_text(json.dumps(unit, indent=1), encoding="utf-8")
     assert_success(run(tool("promtool"), "test", "rules", str(tmp_path / "variant_test.yml")))

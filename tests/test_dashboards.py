@@ -18,7 +18,8 @@ from telemetry_guard.dashboards.config import MonitoringConfig
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-UIDS = {"telemetry-guard-tasks", "telemetry-guard-breakers", "telemetry-guard-health"}
+UIDS = {"telemetry-guard-tasks", "telemetry-guard-breakers", "telemetry-guard-health",
+        "telemetry-guard-periodic"}
 
 # The contract ("Telemetry names" in DESIGN.md), written out here on purpose: the test
 # must fail when the generator and the contract drift apart.
@@ -33,6 +34,21 @@ CONTRACT_METRICS = {
     "telemetry_guard_notifications_total",
     "telemetry_guard_telemetry_errors_total",
 } | {f"telemetry_guard_task_runtime_seconds_{suffix}" for suffix in ("bucket", "count", "sum")}
+# Periodic monitoring (issue 16): one series per beat entry, and beat's heartbeat.
+PERIODIC_METRICS = {
+    "telemetry_guard_periodic_last_run_timestamp_seconds",
+    "telemetry_guard_periodic_last_success_timestamp_seconds",
+    "telemetry_guard_periodic_last_failure_timestamp_seconds",
+    "telemetry_guard_periodic_expected_interval_seconds",
+    "telemetry_guard_periodic_tolerance_ratio",
+    "telemetry_guard_periodic_monitored_since_timestamp_seconds",
+    "telemetry_guard_periodic_last_start_delay_seconds",
+    "telemetry_guard_periodic_running",
+    "telemetry_guard_periodic_overlaps_total",
+    "telemetry_guard_beat_heartbeat_timestamp_seconds",
+    "telemetry_guard_beat_heartbeat_interval_seconds",
+}
+CONTRACT_METRICS |= PERIODIC_METRICS
 
 # What the brief (and all_queries' docstring) promises for running exprs outside Grafana.
 SUBSTITUTIONS = {"$__rate_interval": "5m", "$__range": "1h", "$task": ".*", "$breaker": ".*",
@@ -151,8 +167,9 @@ def test_committed_files_are_pretty_sorted_json_with_a_trailing_newline() -> Non
         assert text == pretty + "\n", path.name
 
 
-def test_there_are_the_three_dashboards_with_stable_uids_and_the_tag() -> None:
-    """Tasks, breakers and health dashboards exist as <uid>.json, tagged telemetry_guard."""
+def test_there_are_the_four_dashboards_with_stable_uids_and_the_tag() -> None:
+    """Tasks, breakers, health and periodic dashboards exist as <uid>.json, tagged
+    telemetry_guard."""
     boards = committed_boards()
     assert {data["uid"] for data in boards.values()} == UIDS
     for name, data in boards.items():
@@ -376,3 +393,40 @@ def test_the_command_reads_a_yaml_config_and_refuses_a_bad_one(tmp_path: Path,
     bad.write_text("group_by: [severity]\n", encoding="utf-8")
     assert dashboards.main([*out, "--config", str(bad)]) == 2
     assert "severity" in capsys.readouterr().err
+
+
+def test_the_periodic_dashboard_has_the_table_and_panels_the_issue_asks_for() -> None:
+    """The periodic dashboard lists every periodic task with its state, time since last run
+    and success, interval and tolerance, and graphs last success, start delay, runs in
+    progress, overlaps and beat's heartbeat age; its task variable lists beat entries."""
+    data = board("telemetry-guard-periodic")
+    task = variables(data)["task"]
+    assert task["query"] == ("label_values(telemetry_guard_periodic_expected_interval_seconds"
+                             f"{{{FLEET}}}, task)")
+    assert task["multi"] is True and task["includeAll"] is True
+    (table,) = [panel for panel in data["panels"] if panel["type"] == "table"]
+    assert all(t["instant"] and t.get("format") == "table" for t in table["targets"])
+    renamed = next(t["options"]["renameByName"] for t in table["transformations"]
+                   if t["id"] == "organize")
+    assert set(renamed.values()) >= {"Task", "State", "Since last run", "Since last success",
+                                     "Interval", "Tolerance"}
+    state = next(o for o in table["fieldConfig"]["overrides"]
+                 if o["matcher"]["options"] == "State")
+    mappings = next(p["value"] for p in state["properties"] if p["id"] == "mappings")
+    texts = {m["text"] for m in mappings[0]["options"].values()}
+    assert texts == {"ok", "waiting", "late", "overlapping", "failing", "missed", "beat down"}
+    exprs = "\n".join(without_fleet(e) for u, _, e in dashboards.all_queries()
+                      if u == "telemetry-guard-periodic")
+    assert 'time() - max by (task) (telemetry_guard_periodic_last_success_timestamp_seconds' \
+           '{task=~"$task"})' in exprs
+    assert "telemetry_guard_periodic_last_start_delay_seconds" in exprs
+    assert "max by (task) (telemetry_guard_periodic_running" in exprs
+    assert "increase(telemetry_guard_periodic_overlaps_total" in exprs
+    assert "time() - max (telemetry_guard_beat_heartbeat_timestamp_seconds)" in exprs
+
+
+def test_beat_series_on_the_periodic_dashboard_are_not_narrowed_by_task() -> None:
+    """Choosing a task never hides beat's heartbeat (a series without a task label)."""
+    for _, title, expr in dashboards.all_queries():
+        for series in re.findall(r"telemetry_guard_beat_\w+(?:\{[^}]*\})?", expr):
+            assert "$task" not in series, (title, series)

@@ -1,4 +1,4 @@
-"""The three dashboards in their fixed order, and every PromQL expression they hold."""
+"""The dashboards in their fixed order, and every PromQL expression they hold."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from .config import MonitoringConfig
 from .fleet import for_fleet
 from .grafana import Json
 from .health import health_dashboard
+from .periodic import periodic_dashboard
 from .tasks import tasks_dashboard
 
 #: How the template variables used in :func:`all_queries` can be replaced to run the
@@ -26,7 +27,8 @@ def dashboards(config: MonitoringConfig | None = None) -> list[Json]:
     """Every dashboard for ``config`` (default: the committed files'), in a fixed order."""
     config = config or MonitoringConfig()
     return [for_fleet(board, config)
-            for board in (tasks_dashboard(), breakers_dashboard(), health_dashboard())]
+            for board in (tasks_dashboard(), breakers_dashboard(), health_dashboard(),
+                          periodic_dashboard())]
 
 
 def all_queries() -> list[tuple[str, str, str]]:

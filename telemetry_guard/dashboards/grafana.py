@@ -29,11 +29,26 @@ class Query:
     expr: str
     legend: str = ""
     instant: bool = False
+    #: Table format (one row per label set), for a table panel's column.
+    table: bool = False
 
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table panel: an instant query's value per row, under ``title``."""
+
+    title: str
+    query: Query
+    unit: str = "short"
+    decimals: int | None = None
+    #: Shown in a row the query has no value for (e.g. ``never``).
+    missing: str = ""
+    #: ``(value, text, colour)``: a cell showing ``value`` reads ``text`` on ``colour``.
+    states: tuple[tuple[int, str, str], ...] = ()
 
 
 def _target(query: Query, ref_id: str) -> Json:
-    return {
+    target = {
         "datasource": dict(DATASOURCE),
         "editorMode": "code",
         "expr": query.expr,
@@ -42,6 +57,9 @@ def _target(query: Query, ref_id: str) -> Json:
         "range": not query.instant,
         "refId": ref_id,
     }
+    if query.table:
+        target["format"] = "table"
+    return target
 
 
 def _panel(kind: str, title: str, description: str, queries: Sequence[Query], *,
@@ -178,6 +196,56 @@ def state_timeline(title: str, description: str, query: Query,
     }
     return _panel("state-timeline", title, description, [query], width=width,
                   height=height, field_defaults=defaults, options=options)
+
+
+def table(title: str, description: str, key: str, columns: Sequence[Column], *,
+          sort_desc: str = "", width: int = 24, height: int = 10) -> Json:
+    """One row per value of the label ``key``, one column per instant query, merged;
+    rows by the column titled ``sort_desc``, highest first."""
+    queries = [Query(c.query.expr, c.query.legend, instant=True, table=True) for c in columns]
+    ref_ids = [chr(ord("A") + i) for i in range(len(columns))]
+    overrides = [{"matcher": {"id": "byName", "options": column.title},
+                  "properties": _column_properties(column)} for column in columns]
+    defaults: Json = {
+        "color": {"mode": "thresholds"},
+        "custom": {"align": "auto", "cellOptions": {"type": "auto"}, "inspect": False},
+        "thresholds": threshold_steps((None, "text")),
+    }
+    options: Json = {"cellHeight": "sm", "footer": {"show": False}, "showHeader": True}
+    if sort_desc:
+        options["sortBy"] = [{"desc": True, "displayName": sort_desc}]
+    panel = _panel("table", title, description, queries, width=width, height=height,
+                   field_defaults=defaults, options=options, overrides=overrides)
+    panel["transformations"] = [
+        {"id": "merge", "options": {}},
+        {"id": "organize", "options": {
+            "excludeByName": {"Time": True},
+            "indexByName": {key: 0, **{f"Value #{ref}": i + 1 for i, ref in enumerate(ref_ids)}},
+            "renameByName": {key: key.capitalize(),
+                             **{f"Value #{ref}": c.title
+                                for ref, c in zip(ref_ids, columns, strict=True)}},
+        }},
+    ]
+    return panel
+
+
+def _column_properties(column: Column) -> list[Json]:
+    properties: list[Json] = [{"id": "unit", "value": column.unit}]
+    if column.decimals is not None:
+        properties.append({"id": "decimals", "value": column.decimals})
+    mappings: list[Json] = []
+    if column.states:
+        mappings.append({"options": {str(value): {"color": colour, "index": i, "text": text}
+                                     for i, (value, text, colour) in enumerate(column.states)},
+                         "type": "value"})
+        properties.append({"id": "custom.cellOptions",
+                           "value": {"mode": "basic", "type": "color-background"}})
+    if column.missing:
+        mappings.append({"options": {"match": "null", "result": {
+            "index": len(column.states), "text": column.missing}}, "type": "special"})
+    if mappings:
+        properties.append({"id": "mappings", "value": mappings})
+    return properties
 
 
 def datasource_variable() -> Json:

@@ -4,6 +4,7 @@ selectors, and the colours of label values."""
 from __future__ import annotations
 
 from .grafana import Json, label_variable
+from .periodic_promql import INTERVAL
 
 #: Selectors of the series of the chosen tasks and breakers.
 TASK = 'task=~"$task"'
@@ -24,3 +25,8 @@ def task_variable() -> Json:
 def breaker_variable() -> Json:
     """Circuit breaker names seen by the state gauge."""
     return label_variable("breaker", "Breaker", "telemetry_guard_breaker_state")
+
+
+def periodic_task_variable() -> Json:
+    """Periodic task names: the beat entries whose interval is exported."""
+    return label_variable("task", "Periodic task", INTERVAL)

@@ -3,7 +3,10 @@ with the comments that explain the SLI and the tiers, in a stable YAML layout.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .config import MonitoringConfig
+from .rule_model import Group
 from .rules import Rule, rule_groups
 
 HEADER = """\
@@ -75,14 +78,15 @@ HEADER = """\
 """
 
 
-def rule_file(config: MonitoringConfig) -> str:
-    """``alerts/telemetry_guard.rules.yml`` for ``config``."""
+def rule_file(config: MonitoringConfig, groups: Sequence[Group] | None = None) -> str:
+    """``alerts/telemetry_guard.rules.yml`` for ``config``: its :func:`.rule_groups`, or
+    ``groups`` made from them (e.g. with the ``for:`` durations a test needs)."""
     shown = ", ".join(f"{k}={v!r}" for k, v in (
         ("selector", config.selector), ("group_by", list(config.group_by)),
         ("runbook_url", config.runbook_url), ("dashboard_url", config.dashboard_url)))
     lines = [HEADER.format(config=shown, group_by=", ".join(config.group_by) or "none"),
              "groups:"]
-    for group in rule_groups(config):
+    for group in rule_groups(config) if groups is None else groups:
         lines += [f"  - name: {group.name}", "    rules:"]
         for i, rule in enumerate(group.rules):
             if rule.comment:

@@ -8,10 +8,9 @@ the dashboard that shows it (``runbook_url``, ``dashboard_url``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from .config import MonitoringConfig
-from .promql import by, on, select
+from .periodic_rules import periodic_alerts
+from .rule_model import Group, Rule, RuleWriter
 
 #: The default objective of every task without an override.
 DEFAULT_OBJECTIVE = 0.99
@@ -32,74 +31,8 @@ BREAKERS_DASHBOARD = "telemetry-guard-breakers"
 HEALTH_DASHBOARD = "telemetry-guard-health"
 
 
-@dataclass
-class Rule:
-    """One recording or alerting rule, with the comment lines written above it."""
-
-    expr: str
-    record: str = ""
-    alert: str = ""
-    comment: str = ""
-    for_: str = ""
-    severity: str = ""
-    summary: str = ""
-    description: str = ""
-    dashboard: str = ""
-    #: Labels of the alert passed to the dashboard as variables (``var-<label>``).
-    dashboard_vars: tuple[str, ...] = ()
-    #: Whether the alert carries the grouping labels (an objective series does not).
-    grouped: bool = True
-    annotations: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Group:
-    name: str
-    rules: list[Rule]
-
-
-class RuleBuilder:
+class RuleBuilder(RuleWriter):
     """The rule groups for one config."""
-
-    def __init__(self, config: MonitoringConfig) -> None:
-        self.config = config
-        self.matchers = [config.selector] if config.selector else []
-
-    def series(self, expr: str) -> str:
-        """``expr`` with the config's selector on every exported series."""
-        return select(expr, self.matchers)
-
-    def by(self, *labels: str) -> str:
-        return by(self.config, *labels)
-
-    def on(self, *labels: str) -> str:
-        return on(self.config, *labels)
-
-    def query(self, template: str, *labels: str, raw: bool = False) -> str:
-        """A Go-template ``printf`` of ``template`` whose ``%s`` becomes matchers of the
-        alert's own values of the grouping labels and ``labels`` (``raw``: the config's
-        selector too, for an exported series), e.g. ``printf "m{job=%q,task=%q}"
-        $labels.job $labels.task``. Quotes in ``template`` are written ``\\"``."""
-        keys = tuple(dict.fromkeys((*self.config.group_by, *labels)))
-        matchers = [f"{k}=%q" for k in keys]
-        if raw and self.config.selector:
-            matchers.insert(0, self.config.selector.replace("%", "%%").replace('"', '\\"'))
-        text = template.replace("%s", ",".join(matchers))
-        return f'printf "{text}" ' + " ".join(f"$labels.{k}" for k in keys)
-
-    def counted_at_all(self, counter: str, window: str, *labels: str) -> str:
-        """``counter`` went up within ``window``, per ``labels``: its increase, or a series born
-        within it (a labelled counter is born at its first increment, so its first sample is
-        already 1 and ``increase()`` cannot see that step)."""
-        return self.series(
-            f"sum {self.by(*labels)} (\n"
-            f"    increase({counter}[{window}]) > 0\n"
-            "  or\n"
-            "    (\n"
-            f"      {counter}\n"
-            f"      unless {counter} offset {window}\n"
-            "    )\n"
-            ") > 0")
 
     # -- groups ------------------------------------------------------------------------
 
@@ -157,7 +90,8 @@ class RuleBuilder:
 
     def alerts(self) -> list[Rule]:
         return [*self.burn_alerts(), self.objective_invalid(), *self.failure_alerts(),
-                *self.retry_alerts(), *self.breaker_alerts(), *self.telemetry_alerts()]
+                *self.retry_alerts(), *self.breaker_alerts(), *self.telemetry_alerts(),
+                *periodic_alerts(self)]
 
     # -- alerts ------------------------------------------------------------------------
 
