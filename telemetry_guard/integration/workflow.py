@@ -16,7 +16,7 @@ from typing import Any
 from celery._state import get_current_task
 
 from ..core.events import FailureEvent
-from ..sinks.tracing import LINK_HEADER, SPAN_REMEMBERED
+from ..sinks.tracing import LINK_HEADER, SPAN_REMEMBERED, traceparent
 
 #: Message header: the name of the workflow's first task.
 ROOT_TASK_HEADER = "telemetry_guard_root_task"
@@ -148,7 +148,8 @@ def stamp_workflow(sender: Any = None, body: Any = None, headers: Any = None,
                 length = len(chain) + 1
             if length is not None:
                 headers[CHAIN_LENGTH_HEADER] = length
-        link = None if current is None else getattr(current, SPAN_REMEMBERED, None)
+        span = None if current is None else getattr(current, SPAN_REMEMBERED, None)
+        link = None if span is None else traceparent(span)
         if link:  # replaces a link a retry copied from the previous attempt's headers
             headers[LINK_HEADER] = link
     except Exception:  # telemetry fails open: the publish goes on unstamped

@@ -53,8 +53,8 @@ def inject_headers(headers: MutableMapping[str, Any]) -> None:
 #: Message header: the W3C traceparent of the span of the task run that published the task
 #: (a retry, the next chain step); the task's span links to it.
 LINK_HEADER = "telemetry_guard_link"
-#: Request attribute where a task run's span is remembered as a traceparent, for the
-#: messages published after the span ended (Celery's tracer sends the next chain step then).
+#: Request attribute where a task run's span is remembered (made a traceparent only when a
+#: message is published: the next chain step is sent by Celery's tracer after the span ended).
 SPAN_REMEMBERED = "telemetry_guard_span"
 
 
@@ -108,7 +108,7 @@ class TaskSpan:
                 attributes=attributes, links=None if link is None else (Link(link),))
             self._token = otel_context.attach(trace.set_span_in_context(self.span, parent))
             self._owned = True
-        setattr(request, SPAN_REMEMBERED, traceparent(self.span))
+        setattr(request, SPAN_REMEMBERED, self.span)
 
     @property
     def owned(self) -> bool:
