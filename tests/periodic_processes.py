@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery import Celery
 
 from tests.servers import free_port, stop_process
 
@@ -47,6 +48,11 @@ class Processes:
                                   "--without-mingle",
                                   TELEMETRY_GUARD_METRICS_PORT=str(self.worker_metrics_port),
                                   PROMETHEUS_MULTIPROC_DIR=str(self.tmp / "prom"))
+
+    def worker_answers_ping(self) -> bool:
+        """The worker answers a broadcast ping (it consumes from the broker)."""
+        with Celery(broker=self.env["TG_TEST_BROKER"], set_as_current=False) as app:
+            return bool(app.control.ping(timeout=0.5))
 
     def stop_beat(self) -> None:
         if self.beat is not None:
