@@ -10,7 +10,9 @@ cut to 1 s.
 The exposition stands in for the collector that reads the periodic state from Redis: to
 run these tests on the real collector, replace the ``exposition`` fixture by one that
 serves the collector's ``/metrics`` with the same task states written through Redis (the
-``TASKS`` table says what each task's state is); the assertions stay.
+``TASKS`` table says what each task's state is); the assertions stay. The live test
+(``test_periodic_alerts_live.py``) fires beat down, missed and overlapping from real beat and
+worker processes; this one also covers late, failing and waiting, and the dashboard's panels.
 """
 
 from __future__ import annotations
