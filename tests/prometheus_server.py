@@ -12,7 +12,7 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,11 @@ class PrometheusAPIError(Exception):
 class Prometheus:
     """A private ``prometheus`` server on a free port with a throw-away TSDB."""
 
-    def __init__(self, tmp: Path, targets: Mapping[str, int],
+    def __init__(self, tmp: Path, targets: Mapping[str, int | Sequence[int]],
                  rule_files: Mapping[str, str]) -> None:
-        """Scrapes each job of ``targets`` (job name to metrics port) on 127.0.0.1 every
-        second, and evaluates ``rule_files`` (file name to text) every second."""
+        """Scrapes each job of ``targets`` (job name to its metrics port, or ports: one
+        instance each) on 127.0.0.1 every second, and evaluates ``rule_files`` (file name to
+        text) every second."""
         binary = shutil.which("prometheus")
         if binary is None:
             pytest.fail("prometheus not found on PATH: install the Debian package "
@@ -50,8 +51,9 @@ class Prometheus:
             "rule_files": [str(rules / name) for name in rule_files],
             "scrape_configs": [{
                 "job_name": job,
-                "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
-            } for job, port in targets.items()],
+                "static_configs": [{"targets": [f"127.0.0.1:{port}"
+                                                for port in _ports(ports)]}],
+            } for job, ports in targets.items()],
         }
         config_file = tmp / "prometheus.yml"
         config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -107,3 +109,7 @@ class Prometheus:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def _ports(ports: int | Sequence[int]) -> list[int]:
+    return [ports] if isinstance(ports, int) else list(ports)

@@ -10,7 +10,9 @@ cut to 1 s.
 The exposition stands in for the collector that reads the periodic state from Redis: to
 run these tests on the real collector, replace the ``exposition`` fixture by one that
 serves the collector's ``/metrics`` with the same task states written through Redis (the
-``TASKS`` table says what each task's state is); the assertions stay.
+``TASKS`` table says what each task's state is); the assertions stay. The live test
+(``test_periodic_alerts_live.py``) fires beat down, missed and overlapping from real beat and
+worker processes; this one also covers late, failing and waiting, and the dashboard's panels.
 """
 
 from __future__ import annotations
@@ -25,15 +27,12 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from telemetry_guard.dashboards import all_queries, substitute_variables
-from telemetry_guard.dashboards.config import MonitoringConfig
 from telemetry_guard.dashboards.periodic_promql import STATE_CODES, PeriodicStates
-from telemetry_guard.dashboards.rule_file import rule_file
-from telemetry_guard.dashboards.rules import rule_groups
+from tests.fast_rules import rule_files_with_short_for
 from tests.prometheus_server import Prometheus
 from tests.servers import wait_for
 
 JOB = "celery"
-TEST_FOR = "1s"
 PERIODIC_DASHBOARD = "telemetry-guard-periodic"
 HEARTBEAT_INTERVAL = 10.0
 #: The alerts held back while beat is down.
@@ -148,17 +147,6 @@ def _clock(now: float, offset: float) -> Callable[[], float]:
     if offset == LIVE:
         return time.time
     return lambda: now + offset
-
-
-def rule_files_with_short_for() -> dict[str, str]:
-    """The generated rule file for the default config, every non-zero ``for:`` 1 s."""
-    config = MonitoringConfig()
-    groups = rule_groups(config)
-    for group in groups:
-        for rule in group.rules:
-            if rule.alert and rule.for_ not in ("0m", "0s"):
-                rule.for_ = TEST_FOR
-    return {"telemetry_guard.rules.yml": rule_file(config, groups)}
 
 
 @dataclass

@@ -4,9 +4,6 @@ on a private Redis: runs recorded, beat down, missed, overlapping; RedBeat's ent
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,65 +16,14 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from telemetry_guard.cli import main
-from tests.servers import free_port, stop_process, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-APP = "tests.apps.periodic_app"
-
-
-class Processes:
-    """Beat and worker subprocesses of the periodic test app, started and stopped at will."""
-
-    def __init__(self, broker: str, tmp: Path) -> None:
-        self.tmp = tmp
-        self.metrics_port = free_port()
-        self.worker_metrics_port = free_port()
-        (tmp / "prom").mkdir()
-        self.env = dict(os.environ, TG_TEST_BROKER=broker, PYTHONPATH=str(ROOT),
-                        TELEMETRY_GUARD_BEAT_METRICS_PORT=str(self.metrics_port))
-        self.beat: subprocess.Popen[bytes] | None = None
-        self.worker: subprocess.Popen[bytes] | None = None
-
-    def _spawn(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        log = (self.tmp / f"{name}.log").open("a")
-        return subprocess.Popen([sys.executable, "-m", "celery", "-A", APP, *args],
-                                cwd=ROOT, env={**self.env, **env}, stdout=log,
-                                stderr=subprocess.STDOUT)
-
-    def start_beat(self, *extra: str) -> None:
-        self.beat = self._spawn("beat", "beat", "-s", str(self.tmp / "schedule"), "-l", "INFO",
-                                *extra)
-
-    def start_worker(self) -> None:
-        self.worker = self._spawn("worker", "worker", "-P", "prefork", "-c", "4", "-l",
-                                  "WARNING", "--without-heartbeat", "--without-gossip",
-                                  "--without-mingle",
-                                  TELEMETRY_GUARD_METRICS_PORT=str(self.worker_metrics_port),
-                                  PROMETHEUS_MULTIPROC_DIR=str(self.tmp / "prom"))
-
-    def stop_beat(self) -> None:
-        if self.beat is not None:
-            stop_process(self.beat)
-            self.beat = None
-
-    def stop_worker(self) -> None:
-        if self.worker is not None:
-            stop_process(self.worker)
-            self.worker = None
+from tests.periodic_processes import APP, Processes, periodic_processes
+from tests.servers import wait_for
 
 
 @pytest.fixture
 def processes(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
               ) -> Iterator[Processes]:
-    monkeypatch.setenv("TG_TEST_BROKER", redis_url)  # the CLI imports the same app module
-    sys.modules.pop(APP, None)
-    procs = Processes(redis_url, tmp_path)
-    yield procs
-    procs.stop_beat()
-    procs.stop_worker()
-    module = sys.modules.pop(APP, None)
-    if module is not None:
-        module.guard.close()
+    yield from periodic_processes(redis_url, tmp_path, monkeypatch)
 
 
 def periodic_cli(*args: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str]:
