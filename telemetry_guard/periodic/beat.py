@@ -2,7 +2,8 @@
 
 On ``beat_init`` (and ``beat_embedded_init`` for ``worker -B``) beat's entries are
 registered in Redis; a daemon thread beats the heartbeat every ``beat_heartbeat_interval``
-seconds and registers the entries again when the schedule changed; each message beat's own
+seconds, registers the entries again when the schedule changed and stores each task's
+deadline (``missed_after``, from its schedule and last run); each message beat's own
 thread publishes carries ``telemetry_guard_periodic_sent``; ``/metrics`` is served on
 ``beat_metrics_port`` when set.
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..sinks import exposition
+from .deadline import deadlines
 from .runs import SENT_HEADER
 from .schedule import PeriodicEntry, from_config, from_scheduler
 from .store import PeriodicStore
@@ -51,6 +53,9 @@ class BeatSide:
         self._service: Any = None
         self._beat_thread: int | None = None
         self._registered: list[PeriodicEntry] | None = None
+        #: The entries as last read (with their schedule objects).
+        self._current: list[PeriodicEntry] = []
+        self._started: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.metrics_server: Any = None
@@ -62,10 +67,11 @@ class BeatSide:
         self._service = sender
         self._beat_thread = threading.get_ident()
         _beat_threads.add(self._beat_thread)
-        started = time.time()
+        started = self._started = time.time()
         try:
-            self.store.beat(self.heartbeat_interval, started=started)
             self._register()
+            self._store_deadlines()  # before the heartbeat says beat is back
+            self.store.beat(self.heartbeat_interval, started=started)
         except Exception as exc:  # Redis away: the heartbeat thread tries again
             self._report_error("periodic", exc)
         self._thread = threading.Thread(target=self._beat_loop, name="telemetry_guard-beat",
@@ -87,16 +93,28 @@ class BeatSide:
     def _register(self) -> None:
         """Register the entries when they differ from those registered last."""
         entries = self._entries()
+        if entries is not None:
+            self._current = entries
         if entries is not None and entries != self._registered:
             self.store.register(entries)
             self._registered = entries
             self._log.info("periodic.registered", tasks=[e.task for e in entries])
+
+    def _store_deadlines(self) -> None:
+        """Each task's deadline from its schedule and its last run (else monitored since;
+        beat's start when later)."""
+        entries = self._current
+        if not entries:
+            return
+        baselines = self.store.baselines([entry.task for entry in entries])
+        self.store.set_deadlines(deadlines(entries, baselines, self._started))
 
     def _beat_loop(self) -> None:
         while not self._stop.wait(self.heartbeat_interval):
             try:
                 self.store.beat(self.heartbeat_interval)
                 self._register()
+                self._store_deadlines()
             except Exception as exc:
                 self._report_error("periodic", exc)
 
