@@ -14,13 +14,15 @@ states fall back to ``interval × tolerance``.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .schedule import PeriodicEntry, warn_unreadable
 
-#: Seconds past a due time from which the next one is looked up when a schedule answers
-#: the same due time again (solar events searched from their own instant).
+#: A due time closer than this to the time it was looked up after is that same due time
+#: again (a solar event searched from its own instant, a crontab minute a clock read early);
+#: the next one is then looked up from ``_STEP`` seconds later.
+_SAME = 0.5
 _STEP = 1.0
 
 
@@ -34,13 +36,23 @@ def next_due(schedule: Any, after: float) -> float:
     return (before + later) / 2 + remaining
 
 
-def schedule_deadline(schedule: Any, anchor: float, tolerance: float) -> float:
-    """The first due time after ``anchor`` plus ``(tolerance - 1)`` × the gap to the next."""
-    first = next_due(schedule, anchor)
-    second = next_due(schedule, first)
-    if second - first < _STEP:  # the same due time again
-        second = next_due(schedule, first + _STEP)
-    gap = second - first
+def first_due(schedules: Sequence[Any], after: float) -> float:
+    """The first due time of any of ``schedules`` after ``after`` (a due time answered
+    again at ``after`` itself is skipped)."""
+    found = []
+    for schedule in schedules:
+        due = next_due(schedule, after)
+        if due - after < _SAME:
+            due = next_due(schedule, after + _STEP)
+        found.append(due)
+    return min(found)
+
+
+def schedule_deadline(schedules: Sequence[Any], anchor: float, tolerance: float) -> float:
+    """The first due time of ``schedules`` after ``anchor`` plus ``(tolerance - 1)`` × the
+    gap to the due time after it."""
+    first = first_due(schedules, anchor)
+    gap = first_due(schedules, first) - first
     if not gap > 0:
         raise ValueError(f"no positive gap after the due time ({gap!r} s)")
     return first + (tolerance - 1) * gap
@@ -57,15 +69,15 @@ def anchor_of(last_run: float | None, monitored_since: float | None,
 
 
 def entry_deadline(entry: PeriodicEntry, anchor: float) -> float | None:
-    """The earliest deadline of the task's schedules; None (logged once) when none can be
-    computed."""
-    deadlines = []
-    for schedule in entry.schedules:
-        try:
-            deadlines.append(schedule_deadline(schedule, anchor, entry.tolerance))
-        except Exception as exc:
-            warn_unreadable(entry.task, f"no deadline: {type(exc).__name__}: {exc}")
-    return min(deadlines) if deadlines else None
+    """The deadline of the task's schedules (their due times merged); None (logged once)
+    when it cannot be computed."""
+    if not entry.schedules:
+        return None
+    try:
+        return schedule_deadline(entry.schedules, anchor, entry.tolerance)
+    except Exception as exc:
+        warn_unreadable(entry.task, f"no deadline: {type(exc).__name__}: {exc}")
+        return None
 
 
 def deadlines(entries: Iterable[PeriodicEntry],
