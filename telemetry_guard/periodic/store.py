@@ -178,7 +178,7 @@ class PeriodicStore:
             pipe.hmget(self.task_key(task), "last_run", "monitored_since")
         replies = pipe.execute() if tasks else []
         return {task: (_number(last_run), _number(since))
-                for task, (last_run, since) in zip(tasks, replies)}
+                for task, (last_run, since) in zip(tasks, replies, strict=True)}
 
     def set_deadlines(self, deadlines: dict[str, tuple[float, float]]) -> None:
         """Store each task's ``(deadline, anchor)`` as ``missed_after`` and
