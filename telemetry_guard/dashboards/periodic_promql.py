@@ -85,11 +85,14 @@ class PeriodicStates:
         tolerance (whether beat is down or not); the value is the time since the last run
         (or since monitoring began)."""
         deadline = self.latest(MISSED_AFTER)
-        return (f"(\n{_indent(self.since_last_run(), 2)}\n"
-                f"  and\n    {deadline} < time()\n)\n"
-                f"or (\n{_indent(self.since_last_run(), 2)}\n"
-                f"  > {_indent(self.missed_after(), 2).lstrip()}\n"
-                f"  unless\n    {deadline}\n)")
+        past_deadline = (f"{self.since_last_run()}\n"
+                         f"and\n  {deadline} < time()")
+        without_deadline = (f"{self.since_last_run()}\n"
+                            f"> {self.missed_after()}\n"
+                            f"unless\n  {deadline}")
+        # one parenthesised whole: an ``unless``/``and`` after it binds to both branches
+        return (f"(\n  (\n{_indent(past_deadline, 4)}\n  )\n"
+                f"  or\n  (\n{_indent(without_deadline, 4)}\n  )\n)")
 
     def late(self) -> str:
         """The last run started more than interval × (tolerance - 1) after beat sent it; the
