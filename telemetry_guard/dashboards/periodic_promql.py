@@ -80,6 +80,14 @@ class PeriodicStates:
         """Seconds without a run after which a task is missed: interval × tolerance."""
         return f"{self.latest(INTERVAL)}\n  * {self.latest(TOLERANCE)}"
 
+    def allowed_silence(self) -> str:
+        """Seconds without a run after which a task is missed: from the last run (else the
+        start of monitoring) to its deadline, else interval × tolerance."""
+        base = (f"(\n      {self.latest(LAST_RUN)}\n    or\n"
+                f"      {self.latest(MONITORED_SINCE)}\n  )")
+        return (f"(\n  {self.latest(MISSED_AFTER)}\n  - {base}\n)\n"
+                f"or\n  {self.missed_after()}")
+
     def missed(self) -> str:
         """Past the task's deadline, else (no deadline exported) no run within interval ×
         tolerance (whether beat is down or not); the value is the time since the last run
