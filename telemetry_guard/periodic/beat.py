@@ -56,6 +56,8 @@ class BeatSide:
         #: The entries as last read (with their schedule objects).
         self._current: list[PeriodicEntry] = []
         self._started: float | None = None
+        #: Beat's start until a heartbeat recorded it.
+        self._start_unrecorded: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.metrics_server: Any = None
@@ -67,13 +69,8 @@ class BeatSide:
         self._service = sender
         self._beat_thread = threading.get_ident()
         _beat_threads.add(self._beat_thread)
-        started = self._started = time.time()
-        try:
-            self._register()
-            self._store_deadlines()  # before the heartbeat says beat is back
-            self.store.beat(self.heartbeat_interval, started=started)
-        except Exception as exc:  # Redis away: the heartbeat thread tries again
-            self._report_error("periodic", exc)
+        self._started = self._start_unrecorded = time.time()
+        self._beat_once()  # Redis away: the heartbeat thread tries again
         self._thread = threading.Thread(target=self._beat_loop, name="telemetry_guard-beat",
                                         daemon=True)
         self._thread.start()
@@ -109,14 +106,23 @@ class BeatSide:
         baselines = self.store.baselines([entry.task for entry in entries])
         self.store.set_deadlines(deadlines(entries, baselines, self._started))
 
+    def _beat_once(self) -> None:
+        """Register, store the deadlines, then beat (with beat's start until it is
+        recorded); reports a failure, never raises."""
+        try:
+            self._register()
+            self._store_deadlines()  # before the heartbeat says beat is back
+        except Exception as exc:
+            self._report_error("periodic", exc)
+        try:
+            self.store.beat(self.heartbeat_interval, started=self._start_unrecorded)
+            self._start_unrecorded = None
+        except Exception as exc:
+            self._report_error("periodic", exc)
+
     def _beat_loop(self) -> None:
         while not self._stop.wait(self.heartbeat_interval):
-            try:
-                self.store.beat(self.heartbeat_interval)
-                self._register()
-                self._store_deadlines()
-            except Exception as exc:
-                self._report_error("periodic", exc)
+            self._beat_once()
 
     def _serve_metrics(self) -> None:
         if self.metrics_port is None or self.metrics_server is not None:
