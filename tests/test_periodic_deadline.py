@@ -191,3 +191,13 @@ def test_a_stored_deadline_counts_only_for_the_baseline_it_was_computed_from(
            "last_run": b"100.0", **{k: v.encode() for k, v in stored.items()}}
     record = PeriodicStore._task_record("t", raw, [], now=200.0)
     assert record.missed_after == expected
+
+
+def test_crontab_due_times_are_in_the_apps_timezone(app: Celery) -> None:
+    """9:00 in New York (UTC-5 in November) is 14:00 UTC: Friday's run is missed from
+    Monday 14:00 + 12h UTC."""
+    app.conf.timezone = "America/New_York"
+    friday_run = at(2026, 11, 27, 14, 0, 3)
+    workdays = crontab(minute=0, hour=9, day_of_week="mon-fri", app=app,
+                       nowfun=frozen(SATURDAY_NIGHT))
+    assert schedule_deadline([workdays], friday_run, 1.5) == at(2026, 11, 30, 14) + 12 * HOUR
