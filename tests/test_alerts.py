@@ -56,7 +56,7 @@ CONTRACT: dict[str, dict[str, set[str] | None]] = {
         "last_run_timestamp_seconds", "last_success_timestamp_seconds",
         "last_failure_timestamp_seconds", "expected_interval_seconds", "tolerance_ratio",
         "monitored_since_timestamp_seconds", "last_start_delay_seconds", "running",
-        "overlaps_total")},
+        "overlaps_total", "missed_after_timestamp_seconds")},
     "telemetry_guard_beat_heartbeat_timestamp_seconds": {},
     "telemetry_guard_beat_heartbeat_interval_seconds": {},
 }

@@ -42,6 +42,7 @@ PERIODIC_METRICS = {
     "telemetry_guard_periodic_expected_interval_seconds",
     "telemetry_guard_periodic_tolerance_ratio",
     "telemetry_guard_periodic_monitored_since_timestamp_seconds",
+    "telemetry_guard_periodic_missed_after_timestamp_seconds",
     "telemetry_guard_periodic_last_start_delay_seconds",
     "telemetry_guard_periodic_running",
     "telemetry_guard_periodic_overlaps_total",

@@ -118,6 +118,26 @@ def test_missed_run_is_told_once_with_the_tasks_severity(celery_app: Celery) -> 
     other_process.close()
 
 
+def test_watcher_tells_a_missed_run_by_its_deadline(celery_app: Celery) -> None:
+    """A weekday task that last ran 37 hours ago (over interval × tolerance) whose deadline
+    beat stored is still ahead is not told; past its deadline it is, once."""
+    guard = _guard_with_schedule(celery_app)
+    store = guard.periodic.store
+    now = time.time()
+    last_run = now - 37 * 3600
+    store.beat(10.0, started=now - 40 * 3600, now=now)
+    store.register([PeriodicEntry("p.critical_job", "crontab(0 9 * * mon-fri)", 86400.0,
+                                  1.5)], now=now - 50 * 3600)
+    store.write([("start", "p.critical_job", "r1", last_run, None)])
+    store.set_deadlines({"p.critical_job": (now + 3600, last_run)})
+    assert guard.periodic.watcher.check(now) == []
+    store.beat(10.0, now=now + 3601)
+    events = guard.periodic.watcher.check(now + 3601)
+    assert [(e.task_name, e.exception_type) for e in events] == [
+        ("p.critical_job", "PeriodicRunMissed")]
+    assert guard.periodic.watcher.check(now + 3602) == []
+
+
 def test_beat_down_is_told_once_and_missed_runs_are_not(celery_app: Celery) -> None:
     """Beat silent for 3 heartbeats: one BeatDown (HIGH), and no missed run meanwhile."""
     guard = _guard_with_schedule(celery_app)
@@ -173,6 +193,14 @@ def test_otlp_instruments_read_the_shared_state(celery_app: Celery) -> None:
         ({"task": "p.otlp"}, 5.0)]
     assert points["telemetry_guard_beat_heartbeat_interval_seconds"] == [({}, 2.0)]
     assert "telemetry_guard_periodic_last_run_timestamp_seconds" not in points  # never ran
+    assert "telemetry_guard_periodic_missed_after_timestamp_seconds" not in points
+    since = guard.periodic.store.snapshot().tasks[0].monitored_since
+    guard.periodic.store.set_deadlines({"p.otlp": (since + 7.5, since)})
+    points = {m.name: [(dict(p.attributes), p.value) for p in m.data.data_points]
+              for rm in reader.get_metrics_data().resource_metrics
+              for sm in rm.scope_metrics for m in sm.metrics}
+    assert points["telemetry_guard_periodic_missed_after_timestamp_seconds"] == [
+        ({"task": "p.otlp"}, since + 7.5)]
     provider.shutdown()
 
 

@@ -76,7 +76,7 @@ def periodic(ctx: click.Context) -> None:
                        monitored_since=task.monitored_since, last_run=task.last_run,
                        last_success=task.last_success, last_failure=task.last_failure,
                        last_start_delay_s=task.last_start_delay, running=task.running,
-                       overlaps=task.overlaps)
+                       overlaps=task.overlaps, missed_after=task.missed_after)
         else:
             row.update(last_run=_when(task.last_run, now),
                        last_success=_when(task.last_success, now))

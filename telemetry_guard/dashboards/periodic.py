@@ -58,8 +58,10 @@ def periodic_dashboard() -> Json:
                    instant=True),
              width=4, decimals=0, thresholds=threshold_steps((None, "green"), (1, "purple"))),
         stat("Missed now",
-             "Periodic tasks with no run within interval × tolerance while beat is up "
-             "(since their last run, or since monitoring first saw them). Bad: anything "
+             "Periodic tasks past their deadline while beat is up: the first due time "
+             "after their last run (or since monitoring first saw them) plus (tolerance - 1) "
+             "× that slot's gap; without a deadline, no run within interval × tolerance. "
+             "Bad: anything "
              "above 0. Next: the 'Periodic tasks' table and `telemetry-guard periodic`.",
              in_state("missed"), width=4, decimals=0,
              thresholds=threshold_steps((None, "green"), (1, "red"))),
@@ -94,7 +96,8 @@ def periodic_dashboard() -> Json:
             "One row per periodic task, worst state first: its state (as "
             "`telemetry-guard periodic` shows it), time since the last start and the last "
             "success ('never' before the first), the schedule's interval, the tolerance and "
-            "the silence after which it is missed (interval × tolerance), the last run's "
+            "the silence after which it is missed (to its deadline; else interval × "
+            "tolerance), the last run's "
             "start delay, and the runs in progress now.",
             "task",
             [Column("State", Query(state), states=tuple(
@@ -105,7 +108,7 @@ def periodic_dashboard() -> Json:
                     unit="s", missing="never"),
              Column("Interval", Query(latest(INTERVAL)), unit="s"),
              Column("Tolerance", Query(latest(TOLERANCE)), unit="none", decimals=2),
-             Column("Missed after", Query(states.missed_after()), unit="s"),
+             Column("Missed after", Query(states.allowed_silence()), unit="s"),
              Column("Last start delay", Query(latest(START_DELAY)), unit="s",
                     missing="never"),
              Column("Running", Query(latest(RUNNING)), decimals=0)],
@@ -119,10 +122,11 @@ def periodic_dashboard() -> Json:
         timeseries(
             "Missed window used",
             "Time since each task's last start (or since monitoring first saw a task that "
-            "never ran) as a share of interval × tolerance. At 100 % the task is missed. "
+            "never ran) as a share of the silence allowed (to its deadline; else interval × "
+            "tolerance). At 100 % the task is missed. "
             "Bad: a line approaching 100 %. Next: is beat up ('Beat heartbeat age'), are "
             "the task's messages consumed?",
-            [Query(f"(\n{states.since_last_run()}\n)\n/ (\n{states.missed_after()}\n)",
+            [Query(f"(\n{states.since_last_run()}\n)\n/ (\n{states.allowed_silence()}\n)",
                    "{{task}}")], unit="percentunit"),
         timeseries(
             "Start delay per task",

@@ -6,7 +6,9 @@ Every process that serves ``/metrics`` exports the same state (read from Redis a
 time), so each series is taken as its ``max`` over the instances, never summed.
 
 - beat down: ``now - heartbeat > 3 × heartbeat interval``.
-- missed: ``now - (last run, else monitored since) > interval × tolerance``.
+- missed: ``now > missed_after`` (the deadline beat computes from the schedule: the first
+  due time after the last run, plus (tolerance - 1) × that slot's gap), else, for a task
+  without that series, ``now - (last run, else monitored since) > interval × tolerance``.
 - late: ``last start delay > interval × (tolerance - 1)``.
 - overlapping: more than one run in progress, or an overlap counted in the last 15 minutes.
 - failing: ``last failure > (last success, else monitored since)``.
@@ -23,6 +25,7 @@ LAST_FAILURE = "telemetry_guard_periodic_last_failure_timestamp_seconds"
 INTERVAL = "telemetry_guard_periodic_expected_interval_seconds"
 TOLERANCE = "telemetry_guard_periodic_tolerance_ratio"
 MONITORED_SINCE = "telemetry_guard_periodic_monitored_since_timestamp_seconds"
+MISSED_AFTER = "telemetry_guard_periodic_missed_after_timestamp_seconds"
 START_DELAY = "telemetry_guard_periodic_last_start_delay_seconds"
 RUNNING = "telemetry_guard_periodic_running"
 OVERLAPS = "telemetry_guard_periodic_overlaps_total"
@@ -77,10 +80,27 @@ class PeriodicStates:
         """Seconds without a run after which a task is missed: interval × tolerance."""
         return f"{self.latest(INTERVAL)}\n  * {self.latest(TOLERANCE)}"
 
+    def allowed_silence(self) -> str:
+        """Seconds without a run after which a task is missed: from the last run (else the
+        start of monitoring) to its deadline, else interval × tolerance."""
+        base = (f"(\n      {self.latest(LAST_RUN)}\n    or\n"
+                f"      {self.latest(MONITORED_SINCE)}\n  )")
+        return (f"(\n  {self.latest(MISSED_AFTER)}\n  - {base}\n)\n"
+                f"or\n  {self.missed_after()}")
+
     def missed(self) -> str:
-        """No run within interval × tolerance (whether beat is down or not); the value is the
-        time since the last run (or since monitoring began)."""
-        return f"{self.since_last_run()}\n> {self.missed_after()}"
+        """Past the task's deadline, else (no deadline exported) no run within interval ×
+        tolerance (whether beat is down or not); the value is the time since the last run
+        (or since monitoring began)."""
+        deadline = self.latest(MISSED_AFTER)
+        past_deadline = (f"{self.since_last_run()}\n"
+                         f"and\n  {deadline} < time()")
+        without_deadline = (f"{self.since_last_run()}\n"
+                            f"> {self.missed_after()}\n"
+                            f"unless\n  {deadline}")
+        # one parenthesised whole: an ``unless``/``and`` after it binds to both branches
+        return (f"(\n  (\n{_indent(past_deadline, 4)}\n  )\n"
+                f"  or\n  (\n{_indent(without_deadline, 4)}\n  )\n)")
 
     def late(self) -> str:
         """The last run started more than interval × (tolerance - 1) after beat sent it; the

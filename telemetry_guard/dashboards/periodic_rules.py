@@ -12,6 +12,7 @@ from .periodic_promql import (
     HEARTBEAT_INTERVAL,
     INTERVAL,
     LAST_SUCCESS,
+    MISSED_AFTER,
     OVERLAP_WINDOW,
     OVERLAP_WINDOW_WORDS,
     OVERLAPS,
@@ -34,22 +35,28 @@ def periodic_alerts(writer: RuleWriter) -> list[Rule]:
 
     interval = value(f"max({INTERVAL}{{%s}})", "humanizeDuration")
     tolerance = value(f"max({TOLERANCE}{{%s}})", 'printf "%.4g"')
+    deadline = value(f"max({MISSED_AFTER}{{%s}})",
+                     'humanizeTimestamp | printf " (its deadline: %s)"')
     return [
         Rule(alert="TelemetryGuardPeriodicTaskMissed",
-             comment="-- Periodic tasks " + "-" * 60 + "\nNo run within interval x "
-                     "tolerance (since the last run, or since monitoring first saw\na task "
-                     "that never ran), while beat is up. The `for:` outlasts beat-down "
-                     "detection\n(3 heartbeat intervals, 30s by default), so a stopped beat "
-                     "shows as\nTelemetryGuardBeatDown, not as every task missed.",
+             comment="-- Periodic tasks " + "-" * 60 + "\nPast the task's deadline (the "
+                     "first due time after the last run, or after\nmonitoring first saw a "
+                     "task that never ran, plus (tolerance - 1) x that slot's gap;\nwithout "
+                     "the deadline series: no run within interval x tolerance), while beat "
+                     "is up.\nThe `for:` outlasts beat-down detection (3 heartbeat "
+                     "intervals, 30s by default),\nso a stopped beat shows as "
+                     "TelemetryGuardBeatDown, not as every task missed.",
              expr=writer.series(f"{states.missed()}\n{beat_up}"),
              for_="5m", severity="critical",
              summary="Periodic task {{ $labels.task }} missed its schedule",
              description=(
                  "{{ $labels.task }} has not started for {{ $value | humanizeDuration }}\n"
                  "(since its last run, or since monitoring first saw it if it never ran).\n"
-                 f"It is due every {interval}\nand counts as missed after {tolerance} times "
-                 "that. Beat is up: the run was\nnot sent, not delivered or not started; "
-                 "`telemetry-guard periodic` shows every\nperiodic task's state."),
+                 f"It is due every {interval}\nwith a tolerance of {tolerance}: it is "
+                 "missed once the next due time after its last run\nplus (tolerance - 1) x "
+                 f"that slot's gap has passed{deadline}.\nBeat is up: the run was not sent, "
+                 "not delivered or not started;\n`telemetry-guard periodic` shows every "
+                 "periodic task's state."),
              dashboard=PERIODIC_DASHBOARD, dashboard_vars=("task",)),
         Rule(alert="TelemetryGuardPeriodicTaskLate",
              comment="The last run started more than interval x (tolerance - 1) after beat "

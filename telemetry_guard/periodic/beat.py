@@ -2,7 +2,8 @@
 
 On ``beat_init`` (and ``beat_embedded_init`` for ``worker -B``) beat's entries are
 registered in Redis; a daemon thread beats the heartbeat every ``beat_heartbeat_interval``
-seconds and registers the entries again when the schedule changed; each message beat's own
+seconds, registers the entries again when the schedule changed and stores each task's
+deadline (``missed_after``, from its schedule and last run); each message beat's own
 thread publishes carries ``telemetry_guard_periodic_sent``; ``/metrics`` is served on
 ``beat_metrics_port`` when set.
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..sinks import exposition
+from .deadline import deadlines
 from .runs import SENT_HEADER
 from .schedule import PeriodicEntry, from_config, from_scheduler
 from .store import PeriodicStore
@@ -51,6 +53,11 @@ class BeatSide:
         self._service: Any = None
         self._beat_thread: int | None = None
         self._registered: list[PeriodicEntry] | None = None
+        #: The entries as last read (with their schedule objects).
+        self._current: list[PeriodicEntry] = []
+        self._started: float | None = None
+        #: Beat's start until a heartbeat recorded it.
+        self._start_unrecorded: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.metrics_server: Any = None
@@ -62,12 +69,8 @@ class BeatSide:
         self._service = sender
         self._beat_thread = threading.get_ident()
         _beat_threads.add(self._beat_thread)
-        started = time.time()
-        try:
-            self.store.beat(self.heartbeat_interval, started=started)
-            self._register()
-        except Exception as exc:  # Redis away: the heartbeat thread tries again
-            self._report_error("periodic", exc)
+        self._started = self._start_unrecorded = time.time()
+        self._beat_once()  # Redis away: the heartbeat thread tries again
         self._thread = threading.Thread(target=self._beat_loop, name="telemetry_guard-beat",
                                         daemon=True)
         self._thread.start()
@@ -87,18 +90,39 @@ class BeatSide:
     def _register(self) -> None:
         """Register the entries when they differ from those registered last."""
         entries = self._entries()
+        if entries is not None:
+            self._current = entries
         if entries is not None and entries != self._registered:
             self.store.register(entries)
             self._registered = entries
             self._log.info("periodic.registered", tasks=[e.task for e in entries])
 
+    def _store_deadlines(self) -> None:
+        """Each task's deadline from its schedule and its last run (else monitored since;
+        beat's start when later)."""
+        entries = self._current
+        if not entries:
+            return
+        baselines = self.store.baselines([entry.task for entry in entries])
+        self.store.set_deadlines(deadlines(entries, baselines, self._started))
+
+    def _beat_once(self) -> None:
+        """Register, store the deadlines, then beat (with beat's start until it is
+        recorded); reports a failure, never raises."""
+        try:
+            self._register()
+            self._store_deadlines()  # before the heartbeat says beat is back
+        except Exception as exc:
+            self._report_error("periodic", exc)
+        try:
+            self.store.beat(self.heartbeat_interval, started=self._start_unrecorded)
+            self._start_unrecorded = None
+        except Exception as exc:
+            self._report_error("periodic", exc)
+
     def _beat_loop(self) -> None:
         while not self._stop.wait(self.heartbeat_interval):
-            try:
-                self.store.beat(self.heartbeat_interval)
-                self._register()
-            except Exception as exc:
-                self._report_error("periodic", exc)
+            self._beat_once()
 
     def _serve_metrics(self) -> None:
         if self.metrics_port is None or self.metrics_server is not None:

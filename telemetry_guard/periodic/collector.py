@@ -39,6 +39,9 @@ TASK_FAMILIES = (
     Family(PREFIX + "expected_interval_seconds", "The schedule's interval.", False, "interval"),
     Family(PREFIX + "tolerance_ratio", "Missed after interval x tolerance without a run.",
            False, "tolerance"),
+    Family(PREFIX + "missed_after_timestamp_seconds",
+           "When the task is missed without a run: the first due time after its last run "
+           "plus (tolerance - 1) x that slot's gap.", False, "missed_after"),
     Family(PREFIX + "monitored_since_timestamp_seconds",
            "When monitoring first saw the entry.", False, "monitored_since"),
     Family(PREFIX + "last_start_delay_seconds",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -31,6 +31,8 @@ class PeriodicEntry:
     schedule: str
     interval: float
     tolerance: float
+    #: The schedule objects of the task's entries (for its deadline; not compared).
+    schedules: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
 
 def warn_unreadable(entry: str, why: str) -> None:
@@ -93,7 +95,8 @@ def read_entry(name: str, task: Any, schedule: Any, tolerance: float) -> Periodi
             from celery.schedules import schedule as interval_schedule
 
             schedule = interval_schedule(schedule)
-        return PeriodicEntry(task, describe(schedule), expected_interval(schedule), tolerance)
+        return PeriodicEntry(task, describe(schedule), expected_interval(schedule), tolerance,
+                             (schedule,))
     except Exception as exc:
         warn_unreadable(str(name), f"{type(exc).__name__}: {exc}")
         return None
@@ -179,10 +182,14 @@ def _redbeat_entries(scheduler: Any, app: Any) -> list[tuple[str, Any]] | None:
 
 
 def merge_by_task(entries: Iterable[PeriodicEntry]) -> list[PeriodicEntry]:
-    """One entry per task: two entries of one task run it at the smaller interval."""
+    """One entry per task: two entries of one task run it at the smaller interval (and
+    keep the schedules of both)."""
     by_task: dict[str, PeriodicEntry] = {}
     for entry in entries:
         known = by_task.get(entry.task)
-        if known is None or entry.interval < known.interval:
+        if known is None:
             by_task[entry.task] = entry
+            continue
+        kept = entry if entry.interval < known.interval else known
+        by_task[entry.task] = replace(kept, schedules=known.schedules + entry.schedules)
     return sorted(by_task.values(), key=lambda e: e.task)

@@ -1,8 +1,10 @@
 """The states of beat and of each periodic task, by the shared contract's definitions.
 
 - beat down: now - heartbeat > 3 × heartbeat interval;
-- missed: now - (last run, else monitored since) > interval × tolerance (``beat down``
-  instead while beat is down);
+- missed: now > the task's deadline (``missed_after``: the first due time after the last
+  run, plus (tolerance - 1) × that slot's gap) when beat stored one for the current
+  baseline, else now - (last run, else monitored since) > interval × tolerance
+  (``beat down`` instead while beat is down);
 - failing: last failure > (last success, else monitored since);
 - overlapping: more than one run in progress, or an overlap in the last 15 minutes;
 - late: last start delay > interval × (tolerance - 1);
@@ -43,7 +45,10 @@ def baseline(task: TaskRecord) -> float | None:
 
 
 def overdue(task: TaskRecord, now: float) -> bool:
-    """No run within interval × tolerance of the baseline."""
+    """Past the task's deadline; without one, no run within interval × tolerance of the
+    baseline."""
+    if task.missed_after is not None:
+        return now > task.missed_after
     base = baseline(task)
     if base is None or not task.interval:
         return False

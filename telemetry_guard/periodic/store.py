@@ -4,7 +4,8 @@ Keys (``<prefix>`` is the guard's key prefix):
 
 - ``<prefix>periodic:{<task>}`` hash: ``schedule``, ``interval``, ``tolerance``,
   ``monitored_since``, ``last_run``, ``last_success``, ``last_failure``,
-  ``last_start_delay``, ``overlaps``, ``last_overlap``;
+  ``last_start_delay``, ``overlaps``, ``last_overlap``; ``missed_after`` (the deadline
+  beat computed from the schedule) and ``missed_after_anchor`` (the time it counted from);
 - ``<prefix>periodic:{<task>}:running`` sorted set: run id → start time (same hash tag, so
   a script touches one cluster slot);
 - ``<prefix>periodic:tasks`` set: the registered task names;
@@ -45,6 +46,9 @@ class TaskRecord:
     overlaps: int = 0
     last_overlap: float | None = None
     running: int = 0
+    #: The deadline after which the task is missed; None when none was computed for the
+    #: current baseline (a run since: beat computes the next one at its next heartbeat).
+    missed_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,17 @@ def _number(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _fresh_deadline(fields: dict[str, Any], last_run: float | None,
+                    monitored_since: float | None) -> float | None:
+    """The stored deadline when it counts from the current baseline (or later), else None."""
+    deadline = _number(fields.get("missed_after"))
+    anchor = _number(fields.get("missed_after_anchor"))
+    baseline = last_run if last_run is not None else monitored_since
+    if deadline is None or anchor is None or (baseline is not None and anchor < baseline):
+        return None
+    return deadline
 
 
 def _text(value: Any) -> str:
@@ -156,6 +171,26 @@ class PeriodicStore:
             if isinstance(reply, Exception):
                 raise reply
 
+    def baselines(self, tasks: Sequence[str]) -> dict[str, tuple[float | None, float | None]]:
+        """``task → (last_run, monitored_since)``, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for task in tasks:
+            pipe.hmget(self.task_key(task), "last_run", "monitored_since")
+        replies = pipe.execute() if tasks else []
+        return {task: (_number(last_run), _number(since))
+                for task, (last_run, since) in zip(tasks, replies, strict=True)}
+
+    def set_deadlines(self, deadlines: dict[str, tuple[float, float]]) -> None:
+        """Store each task's ``(deadline, anchor)`` as ``missed_after`` and
+        ``missed_after_anchor``."""
+        if not deadlines:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for task, (deadline, anchor) in deadlines.items():
+            pipe.hset(self.task_key(task), mapping={"missed_after": repr(deadline),
+                                    "missed_after_anchor": repr(anchor)})
+        pipe.execute()
+
     def task_names(self) -> set[str]:
         """The registered periodic task names."""
         return {_text(n) for n in self.client.smembers(self.index_key)}
@@ -187,17 +222,19 @@ class PeriodicStore:
         fields = {_text(k): v for k, v in (raw or {}).items()}
         interval = _number(fields.get("interval"))
         horizon = now - (interval or 3600.0) * STALE_INTERVALS
+        last_run = _number(fields.get("last_run"))
+        monitored_since = _number(fields.get("monitored_since"))
         return TaskRecord(
             task=name, schedule=_text(fields.get("schedule", b"")),
             interval=interval, tolerance=_number(fields.get("tolerance")),
-            monitored_since=_number(fields.get("monitored_since")),
-            last_run=_number(fields.get("last_run")),
+            monitored_since=monitored_since, last_run=last_run,
             last_success=_number(fields.get("last_success")),
             last_failure=_number(fields.get("last_failure")),
             last_start_delay=_number(fields.get("last_start_delay")),
             overlaps=int(_number(fields.get("overlaps")) or 0),
             last_overlap=_number(fields.get("last_overlap")),
-            running=sum(1 for _, score in running or () if score >= horizon))
+            running=sum(1 for _, score in running or () if score >= horizon),
+            missed_after=_fresh_deadline(fields, last_run, monitored_since))
 
     # -- telling once -------------------------------------------------------------------
     def claim_missed(self, task: str, baseline: float) -> bool:

@@ -4,7 +4,7 @@ It runs in beat and in each worker's main process; every few seconds it reads th
 state and, by the contract's definitions, records a ``PeriodicRunMissed`` event once per
 missed window and a ``BeatDown`` event once per outage (claims in Redis decide which process
 tells it). While beat is down no run is told missed; after beat comes back, a task's window
-counts from beat's start, so runs beat could not send are not told missed.
+(or its deadline) counts from beat's start, so runs beat could not send are not told missed.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ class Watcher:
             base = baseline(task)
             if base is None or not task.interval or not overdue(task, now):
                 continue
-            if beat.started is not None and beat.started > base:
+            if task.missed_after is None and beat.started is not None \
+                    and beat.started > base:  # (a deadline already counts from beat's start)
                 window = task.interval * (task.tolerance or DEFAULT_TOLERANCE)
                 if now - beat.started <= window:
                     continue  # beat is back: its first run of the task is still due

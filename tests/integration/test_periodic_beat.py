@@ -81,6 +81,17 @@ def test_runs_beat_down_missed_and_overlapping(processes: Processes, redis_url: 
     assert "periodic.plain" not in rows
     assert 0 <= rows["periodic.tick"]["last_start_delay_s"] < 1.0  # from beat's header
 
+    # beat stores the deadline counted from the last run: last run + interval x tolerance
+    def deadline_of_last_run() -> bool:
+        tick = periodic_cli()[1]["periodic.tick"]
+        return (tick["missed_after"] is not None
+                and abs(tick["missed_after"] - (tick["last_run"] + 1.0 * 2.0)) < 1e-3)
+
+    wait_for(deadline_of_last_run, timeout=5, interval=0.1)
+    tick_label = frozenset({("task", "periodic.tick")})
+    wait_for(lambda: ("telemetry_guard_periodic_missed_after_timestamp_seconds", tick_label)
+             in beat_metrics(processes.metrics_port), timeout=5, interval=0.1)
+
     # the slow task runs past its interval: overlapping, counted in beat's /metrics
     wait_for(lambda: state_of("periodic.slow") == "overlapping", timeout=10, interval=0.3)
     samples = beat_metrics(processes.metrics_port)
