@@ -326,3 +326,10 @@ def test_classifying_a_common_exception_takes_microseconds() -> None:
         classify(exc)
     per_call = (time.perf_counter() - start) / rounds
     assert per_call < 20e-6
+
+
+def test_a_missed_periodic_run_is_high_by_default() -> None:
+    """A periodic run that never came is routed (Sentry) unless the task's rules say else."""
+    from telemetry_guard import PeriodicRunMissed
+
+    assert classify(PeriodicRunMissed("shop.sync_rates", 95.0, 60.0)) is Severity.HIGH

@@ -59,6 +59,8 @@ _WORKER_ERRORS = frozenset(
         ("celery.exceptions", "WorkerLostError"),
         ("celery.exceptions", "SoftTimeLimitExceeded"),
         ("celery.exceptions", "TimeLimitExceeded"),
+        # Work no worker did: a periodic run that never came is told, not only counted.
+        ("telemetry_guard.exceptions", "PeriodicRunMissed"),
     }
 )
 
