@@ -12,13 +12,13 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.servers import free_port, wait_for
+from tests.servers import free_port, stop_process, wait_for
 
 PROMETHEUS_PACKAGE = "prometheus"
 
@@ -96,18 +96,21 @@ class Prometheus:
         result = data["result"]
         return result if isinstance(result, list) else [result]
 
+    def alerts_by_task(self, job: str, state: str = "firing",
+                       names: Collection[str] | None = None) -> set[tuple[str, str]]:
+        """(alert name, task) of ``job``'s alerts in ``state`` (task empty when the alert
+        has none), of the alerts in ``names`` when given."""
+        return {(a["labels"]["alertname"], a["labels"].get("task", ""))
+                for a in self.api("alerts")["alerts"]
+                if a["state"] == state and a["labels"].get("job") == job
+                and (names is None or a["labels"]["alertname"] in names)}
+
     def log_text(self) -> str:
         self.log.flush()
         return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10.0)
         self.log.close()
 
 

@@ -170,9 +170,7 @@ class Stack:
 
     def alerts(self, state: str = "firing") -> set[tuple[str, str]]:
         """(alert name, task) of the alerts in ``state`` (``task`` empty for beat down)."""
-        return {(a["labels"]["alertname"], a["labels"].get("task", ""))
-                for a in self.prometheus.api("alerts")["alerts"]
-                if a["state"] == state and a["labels"].get("job") == JOB}
+        return self.prometheus.alerts_by_task(JOB, state)
 
     def ever_active(self, alertnames: tuple[str, ...]) -> list[dict[str, Any]]:
         """ALERTS series (pending or firing) of ``alertnames`` over the whole run."""

@@ -41,10 +41,7 @@ class Live:
 
     def alerts(self, state: str = "firing") -> set[tuple[str, str]]:
         """(alert name, task) of the periodic alerts in ``state`` (task empty: beat down)."""
-        return {(a["labels"]["alertname"], a["labels"].get("task", ""))
-                for a in self.prometheus.api("alerts")["alerts"]
-                if a["state"] == state and a["labels"].get("job") == JOB
-                and a["labels"]["alertname"] in PERIODIC_ALERTS}
+        return self.prometheus.alerts_by_task(JOB, state, PERIODIC_ALERTS)
 
     def up(self) -> dict[int, bool]:
         """Whether Prometheus's last scrape of each port of the job succeeded."""
