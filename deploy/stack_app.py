@@ -12,7 +12,11 @@ setting comes from the ``TELEMETRY_GUARD_*`` environment of docker-compose.yml.
 - ``shop.authorize_payment`` calls a payment gateway that is down 12 minutes in every 30
   (``STACK_OUTAGE_SECONDS`` of every ``STACK_OUTAGE_CYCLE_SECONDS``), behind the circuit
   breaker ``payment-gateway``; while it is open, payments are queued for later by the
-  task's fallback. An outage longer than 10 minutes fires ``TelemetryGuardBreakerOpen``.
+  task's fallback. An outage longer than 10 minutes fires ``TelemetryGuardBreakerOpen``;
+- ``shop.refresh_rates`` runs every minute from beat (the ``beat`` service, which serves
+  its own ``/metrics``): stop beat (``docker compose stop beat``) and
+  ``TelemetryGuardBeatDown`` fires; stop the worker instead and
+  ``TelemetryGuardPeriodicTaskMissed`` does.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ app.conf.update(
     task_default_queue=QUEUE,
     broker_connection_retry_on_startup=True,
     task_ignore_result=True,
+    beat_schedule={
+        "refresh exchange rates": {"task": "shop.refresh_rates", "schedule": 60.0},
+    },
 )
 configure_logging()
 guard = TelemetryGuard(app)
@@ -102,3 +109,10 @@ def authorize_payment(self: GuardedTask, order_id: int) -> str:
     if gateway_down():
         raise TimeoutError("payment gateway did not answer")
     return "authorized"
+
+
+@app.task(bind=True, base=GuardedTask, name="shop.refresh_rates")
+def refresh_rates(self: GuardedTask) -> str:
+    """A periodic task: beat sends it every minute."""
+    time.sleep(random.uniform(0.05, 0.2))
+    return "rates refreshed"

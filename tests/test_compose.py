@@ -144,6 +144,12 @@ def workers(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
             if command(s)[:1] == ["celery"] and "worker" in command(s)}
 
 
+def targets_of_workers(compose: dict[str, Any]) -> list[str]:
+    """``service:port`` of each worker's ``/metrics``."""
+    return [f"{name}:{environment(service)['TELEMETRY_GUARD_METRICS_PORT']}"
+            for name, service in workers(compose).items()]
+
+
 def host_file(service: dict[str, Any], container_path: str) -> Path:
     """The host file behind ``container_path`` of a service, through its bind mounts."""
     path = PurePosixPath(container_path)
@@ -237,6 +243,16 @@ def test_prometheus_loads_the_alert_rules_scrapes_the_workers_and_alerts_alertma
     for name, service in workers(compose).items():
         port = environment(service)["TELEMETRY_GUARD_METRICS_PORT"]
         assert f"{name}:{port}" in targets, f"Prometheus does not scrape {name}"
+    # Beat serves the periodic state and its heartbeat, scraped under the workers' job
+    # (the periodic alerts group by job).
+    beat = services(compose)["beat"]
+    assert command(beat)[:4] == ["celery", "-A", "stack_app", "beat"]
+    beat_target = f"beat:{environment(beat)['TELEMETRY_GUARD_BEAT_METRICS_PORT']}"
+    jobs = {job["job_name"]: {t for static in job.get("static_configs", [])
+                              for t in static["targets"]} for job in config["scrape_configs"]}
+    assert [name for name, job in jobs.items() if beat_target in job] == [
+        name for name, job in jobs.items()
+        if any(target in job for target in targets_of_workers(compose))]
     alertmanagers = {t for am in config["alerting"]["alertmanagers"]
                      for static in am["static_configs"] for t in static["targets"]}
     assert alertmanagers == {"alertmanager:9093"}
@@ -313,4 +329,4 @@ def test_stack_app_defines_every_task_the_producer_sends(compose: dict[str, Any]
     result = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True,
                             text=True, timeout=60, cwd=DEPLOY)
     assert result.returncode == 0, result.stderr
-    assert int(result.stdout) >= 5
+    assert int(result.stdout.splitlines()[-1]) >= 5  # after the log lines
