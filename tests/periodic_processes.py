@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from celery import Celery
 
 from tests.servers import free_port, stop_process
 
@@ -49,10 +49,17 @@ class Processes:
                                   TELEMETRY_GUARD_METRICS_PORT=str(self.worker_metrics_port),
                                   PROMETHEUS_MULTIPROC_DIR=str(self.tmp / "prom"))
 
-    def worker_answers_ping(self) -> bool:
-        """The worker answers a broadcast ping (it consumes from the broker)."""
-        with Celery(broker=self.env["TG_TEST_BROKER"], set_as_current=False) as app:
-            return bool(app.control.ping(timeout=0.5))
+    def worker_ready(self) -> bool:
+        """The worker serves ``/metrics``: its main process got ``worker_ready``, so it
+        consumes. (Asked over HTTP, not by a broadcast ping: a Celery app made in the test
+        process would leave kombu's after-fork hooks behind, and every later test that
+        forks would hang in its child.)"""
+        try:
+            with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.worker_metrics_port}/metrics", timeout=1) as reply:
+                return bool(reply.status == 200)
+        except OSError:
+            return False
 
     def stop_beat(self) -> None:
         if self.beat is not None:

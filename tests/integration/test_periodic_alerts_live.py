@@ -105,7 +105,7 @@ def test_beat_down_then_missed_then_overlapping_fire_from_live_processes(live: L
     started = time.time()
     beat_port, worker_port = procs.metrics_port, procs.worker_metrics_port
     procs.start_worker()
-    live.wait(procs.worker_answers_ping, "the worker consuming")
+    live.wait(procs.worker_ready, "the worker consuming")
     procs.start_beat()
     live.wait(lambda: live.up() == {beat_port: True, worker_port: True},
               "beat's and the worker's /metrics scraped")
