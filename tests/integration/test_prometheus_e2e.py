@@ -389,7 +389,7 @@ def as_grafana_runs_it(expr: str, job: str) -> str:
 
 
 #: The periodic tasks dashboard: these workers run no beat and have no beat schedule, so it
-#: shows nothing here; tests/integration/test_periodic_alerts_e2e.py checks it.
+#: shows nothing here; tests/reliability/test_periodic_alerts_e2e.py checks it.
 PERIODIC_DASHBOARD = "telemetry-guard-periodic"
 
 

@@ -32,6 +32,9 @@ from tests.fast_rules import rule_files_with_short_for
 from tests.prometheus_server import Prometheus
 from tests.servers import wait_for
 
+#: A real Prometheus evaluating rules: in the slow suite (``make test-reliability``).
+pytestmark = pytest.mark.slow
+
 JOB = "celery"
 PERIODIC_DASHBOARD = "telemetry-guard-periodic"
 HEARTBEAT_INTERVAL = 10.0

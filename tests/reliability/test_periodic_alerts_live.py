@@ -23,6 +23,9 @@ from tests.periodic_processes import Processes, periodic_processes
 from tests.prometheus_server import Prometheus
 from tests.servers import wait_for
 
+#: A real Prometheus evaluating rules: in the slow suite (``make test-reliability``).
+pytestmark = pytest.mark.slow
+
 JOB = "celery"
 TICK, SLOW = "periodic.tick", "periodic.slow"
 MISSED = "TelemetryGuardPeriodicTaskMissed"
