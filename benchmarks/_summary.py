@@ -30,6 +30,8 @@ class Run:
     gc_full: int | None = None
     #: CPU of every worker process (main and children) in the window, per task.
     cpu_us_per_task: float | None = None
+    #: The part of ``cpu_us_per_task`` spent in the worker's main process (the consumer).
+    main_cpu_us_per_task: float | None = None
     #: Spans the worker's exporter received, warm-up included (exported by the end of the run).
     spans: int | None = None
 
@@ -49,6 +51,8 @@ class Row:
     paired_ratio: float | None = None
     #: Median over reps of the worker's CPU µs per task (all its processes).
     cpu_us_per_task: float | None = None
+    #: Median over reps of the main process's part of it.
+    main_cpu_us_per_task: float | None = None
 
 
 def summarise(runs: list[Run], variants: list[str], workloads: list[int]) -> list[Row]:
@@ -59,10 +63,14 @@ def summarise(runs: list[Run], variants: list[str], workloads: list[int]) -> lis
             mine = [r for r in runs if r.variant == variant and r.failing_percent == workload]
             values = [r.tasks_per_s for r in mine]
             cpu = [r.cpu_us_per_task for r in mine if r.cpu_us_per_task is not None]
+            main_cpu = [r.main_cpu_us_per_task for r in mine
+                        if r.main_cpu_us_per_task is not None]
             medians[variant] = statistics.median(values)
             rows.append(Row(variant, workload, medians[variant], min(values), max(values),
                             1e6 / medians[variant], None,
-                            cpu_us_per_task=statistics.median(cpu) if cpu else None))
+                            cpu_us_per_task=statistics.median(cpu) if cpu else None,
+                            main_cpu_us_per_task=(statistics.median(main_cpu)
+                                                  if main_cpu else None)))
         if "bare" in medians:
             bare = {r.rep: r.tasks_per_s for r in runs
                     if r.variant == "bare" and r.failing_percent == workload}
@@ -78,16 +86,18 @@ def summarise(runs: list[Run], variants: list[str], workloads: list[int]) -> lis
 
 def table(rows: list[Row]) -> str:
     lines = [f"{'variant':<9} {'failing':>7} {'median tasks/s':>15} {'min–max':>13} "
-             f"{'µs/task':>8} {'vs bare':>8} {'paired':>7} {'CPU µs/task':>12}"]
+             f"{'µs/task':>8} {'vs bare':>8} {'paired':>7} {'CPU µs/task':>12} {'main':>5}"]
     for r in rows:
         ratio = f"{r.ratio_to_bare:.3f}" if r.ratio_to_bare is not None else "-"
         paired = f"{r.paired_ratio:.3f}" if r.paired_ratio is not None else "-"
         cpu = f"{r.cpu_us_per_task:.0f}" if r.cpu_us_per_task is not None else "-"
+        main = f"{r.main_cpu_us_per_task:.0f}" if r.main_cpu_us_per_task is not None else "-"
         spread = f"{r.min_tasks_per_s:.0f}–{r.max_tasks_per_s:.0f}"
         lines.append(f"{r.variant:<9} {r.failing_percent:>6}% {r.median_tasks_per_s:>15.0f} "
-                     f"{spread:>13} {r.us_per_task:>8.0f} {ratio:>8} {paired:>7} {cpu:>12}")
+                     f"{spread:>13} {r.us_per_task:>8.0f} {ratio:>8} {paired:>7} {cpu:>12} {main:>5}")
     lines.append("vs bare: ratio of medians; paired: median of per-rep ratios to bare; "
-                 "CPU µs/task: user+system CPU of every worker process in the window.")
+                 "CPU µs/task: user+system CPU of every worker process in the window; "
+                 "main: the part of it in the worker's main process.")
     return "\n".join(lines)
 
 

@@ -60,13 +60,15 @@ class Worker:
             raise RuntimeError(
                 f"worker exited with {self.process.returncode}; see {self.log.name}")
 
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU of the worker's main process and its live children (Linux)."""
-        pids = [self.process.pid, *_children(self.process.pid)]
+    def cpu_seconds(self) -> tuple[float, float] | None:
+        """User + system CPU of the worker's main process, and of its live children (Linux)."""
         try:
-            return sum(_cpu_ticks(pid) for pid in pids) / os.sysconf("SC_CLK_TCK")
+            tick = os.sysconf("SC_CLK_TCK")
+            main = _cpu_ticks(self.process.pid) / tick
+            children = sum(_cpu_ticks(pid) for pid in _children(self.process.pid)) / tick
         except (OSError, ValueError, IndexError):
             return None
+        return main, children
 
     def stop(self) -> None:
         """SIGTERM (warm shutdown), then wait; SIGKILL after 30 s."""

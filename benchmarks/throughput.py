@@ -159,7 +159,9 @@ def run_once(server: PrivateRedis, producer_app: Celery, *, rep: int, variant: s
     run = Run(rep, variant, failing_percent, tasks, seconds, tasks / seconds, errorlog,
               spans=spans)
     if cpu_before is not None and cpu_after is not None:
-        run.cpu_us_per_task = (cpu_after - cpu_before) * 1e6 / tasks
+        run.main_cpu_us_per_task = (cpu_after[0] - cpu_before[0]) * 1e6 / tasks
+        run.cpu_us_per_task = run.main_cpu_us_per_task + (
+            (cpu_after[1] - cpu_before[1]) * 1e6 / tasks)
     if gc_stats:
         run.gc_ms = (after["gc_ns"] - before["gc_ns"]) / 1e6
         run.gc_full = after["gc_full"] - before["gc_full"]
@@ -283,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                              if run.errorlog_records is not None else "")
                           + (f", gc {run.gc_ms:.0f} ms ({run.gc_full} full)"
                              if run.gc_ms is not None else "")
-                          + (f", CPU {run.cpu_us_per_task:.0f} µs/task"
+                          + (f", CPU {run.cpu_us_per_task:.0f} µs/task "
+                             f"({run.main_cpu_us_per_task:.0f} in the main process)"
                              if run.cpu_us_per_task is not None else "")
                           + (f", spans {run.spans}" if run.spans is not None else ""),
                           file=sys.stderr, flush=True)

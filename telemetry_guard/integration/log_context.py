@@ -41,17 +41,26 @@ def unbind_task(task_id: str | None) -> None:
         restore(tokens)
 
 
-def trace_bound(task_id: str | None) -> bool:
-    """Whether :func:`bind_task` bound trace ids for this task."""
-    return "trace_id" in _BOUND.get(task_id or "", ())
+def bind_run(task_id: str | None, task_name: str, span: Any) -> Tokens:
+    """A GuardedTask's run: bind the task's ids and those of its span in one go.
 
-
-def bind_span(span: Any) -> Tokens:
-    """Bind the ids of ``span``; give back the tokens :func:`restore` takes."""
-    trace_id, span_id = span_ids(span)
-    if trace_id is None:
+    The task's ids stay bound until :func:`unbind_task` (``task_postrun``, after Celery's
+    own success handling and log line); the span's ids are given back as the tokens
+    :func:`restore` takes when the span ends.
+    """
+    trace_id, span_id = span_ids(span) if span is not None else (None, None)
+    values: dict[str, Any] = {"task_id": task_id, "task_name": task_name} if task_id else {}
+    if trace_id is not None:
+        values["trace_id"] = trace_id
+        values["span_id"] = span_id
+    if not values:
         return {}
-    return structlog.contextvars.bind_contextvars(trace_id=trace_id, span_id=span_id)
+    tokens = structlog.contextvars.bind_contextvars(**values)
+    if not task_id:
+        return tokens
+    _BOUND[task_id] = {"task_id": tokens["task_id"], "task_name": tokens["task_name"]}
+    return ({"trace_id": tokens["trace_id"], "span_id": tokens["span_id"]}
+            if trace_id is not None else {})
 
 
 def restore(tokens: Tokens) -> None:

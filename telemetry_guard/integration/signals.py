@@ -92,9 +92,11 @@ class GuardSignals:
             return
         if signals.task_prerun.receivers[-1][0][0] != self._uid:
             self._run_after_other_receivers()
+        if isinstance(sender, GuardedTask):
+            return  # its run binds the log context, with its span's ids, in one go
         span = trace.get_current_span()
         log_context.bind_task(task_id, sender.name, span)
-        if opened_by_instrumentation(span) and not isinstance(sender, GuardedTask):
+        if opened_by_instrumentation(span):
             self._settle_span(span, sender, task_id, scrub=False)
 
     def on_task_postrun(self, sender: Any = None, task_id: str | None = None,

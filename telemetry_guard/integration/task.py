@@ -210,10 +210,9 @@ class _Attempt:
         if guard.retry_budget is not None and not request.retries:
             guard.retry_budget.deposit(task.name)
         span = self.span = guard.start_span(task, request)
-        # Bound already when the task started, unless the span is ours (new) or the
-        # instrumentation opened its own after the guard's task_prerun receiver ran.
-        self.span_ids = (log_context.bind_span(span.span) if span is not None and (
-            span.owned or not log_context.trace_bound(request.id)) else None)
+        # The guard's task_prerun receiver leaves a GuardedTask's log context to its run.
+        self.span_ids = log_context.bind_run(request.id, task.name,
+                                             None if span is None else span.span)
         self.started = time.perf_counter()
 
     def failed(self, args: Any, kwargs: Any) -> bool:

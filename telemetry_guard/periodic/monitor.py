@@ -108,7 +108,7 @@ class PeriodicMonitor:
         """Worker main process: a run whose child was lost or killed (no ``task_postrun``
         comes) ends as a failure, so it is not left running."""
         if isinstance(exception, LOST_RUN_ERRORS) and sender is not None:
-            self.runs.ended(sender, task_id, "FAILURE")
+            self.runs.lost(sender, task_id)
 
     def on_worker_process_shutdown(self, **_: Any) -> None:
         """Pool child exiting: write the buffered runs (its exit skips ``atexit``)."""

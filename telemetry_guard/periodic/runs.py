@@ -1,10 +1,10 @@
 """The worker side: which tasks are periodic, and their runs' starts and ends.
 
-Every task's ``task_prerun``/``task_postrun`` asks one set lookup (the task's name among
-the periodic names) and looks for beat's header on the request; only a periodic task's run
-becomes a small record, written to Redis by a background writer off the task's thread.
-The names are ``app.conf.beat_schedule``'s tasks plus those beat registered in Redis,
-re-read in the background every ``REFRESH_INTERVAL`` seconds.
+Every task's ``task_prerun`` looks for beat's header on the request and asks one set lookup
+(the task's name among the periodic names), its ``task_postrun`` one set lookup (the runs
+started here); only a periodic task's run becomes a small record, written to Redis by a
+background writer off the task's thread. The names are ``app.conf.beat_schedule``'s tasks
+plus those beat registered in Redis, re-read in the background every ``REFRESH_INTERVAL`` s.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ REFRESH_INTERVAL = 30.0
 #: Run records buffered while Redis is slow or away.
 BUFFER_SIZE = 10_000
 WRITER_NAME = "telemetry_guard-periodic"
+#: Runs remembered as started in one process (more means their ends never came).
+OPEN_RUNS = 10_000
 #: Celery's ``task_postrun`` states and what they mean for a run's end.
 OUTCOMES = {"SUCCESS": "success", "FAILURE": "failure"}
 
@@ -46,29 +48,47 @@ class PeriodicRuns:
         self._refresher: threading.Thread | None = None
         self._refresher_pid = 0
         self._stop = threading.Event()
+        #: Ids of the runs started and not yet ended in this process.
+        self._open: set[str] = set()
 
     # -- the task's thread --------------------------------------------------------------
     def started(self, task: Any, task_id: str | None) -> None:
         """``task_prerun``: a periodic task's run started. Never raises."""
-        sent = _sent_at(task)
+        request = getattr(task, "request", None)
+        sent = getattr(request, SENT_HEADER, None)
         if sent is None and task.name not in self.names:
             return
         try:
             now = time.time()
             delay = None
-            if sent is not None and not getattr(task.request, "retries", 0):
+            if sent is not None and not getattr(request, "retries", 0):
                 delay = now - float(sent)  # a retry's message still carries the first send
             self.writer.add(("start", task.name, task_id or "", now, delay))
+            if len(self._open) >= OPEN_RUNS:  # postruns that never came: forget them
+                self._open.clear()
+            self._open.add(task_id or "")
         except Exception as exc:
             self._report_error("periodic", exc)
 
     def ended(self, task: Any, task_id: str | None, state: str | None) -> None:
-        """``task_postrun``: a periodic task's run ended (``state`` SUCCESS, FAILURE, RETRY).
-        Never raises."""
+        """``task_postrun``: the end of a run :meth:`started` recorded in this process
+        (``state`` SUCCESS, FAILURE, RETRY). Never raises."""
+        key = task_id or ""
+        if key not in self._open:
+            return
+        self._open.discard(key)
+        self._end(task, key, state)
+
+    def lost(self, task: Any, task_id: str | None) -> None:
+        """Worker main process: a run of a periodic task whose pool child was lost or
+        killed (no ``task_postrun`` comes) ended as a failure. Never raises."""
         if task.name not in self.names and _sent_at(task) is None:
             return
+        self._end(task, task_id or "", "FAILURE")
+
+    def _end(self, task: Any, task_id: str, state: str | None) -> None:
         try:
-            self.writer.add((OUTCOMES.get(state or "", "retry"), task.name, task_id or "",
+            self.writer.add((OUTCOMES.get(state or "", "retry"), task.name, task_id,
                              time.time(), None))
         except Exception as exc:
             self._report_error("periodic", exc)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import structlog
-from celery import Celery
+from celery import Celery, signals
 from celery.contrib.testing.worker import start_worker
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from prometheus_client import REGISTRY
@@ -227,6 +227,50 @@ def test_own_lines_carry_the_task_ids_and_the_context_is_restored(
     assert after_worker["request_id"] == "req-7"
     assert not set(TASK_KEYS) & set(after_worker)
     assert "Logging error" not in capsys.readouterr().err
+
+
+def test_a_guarded_tasks_ids_stay_bound_through_celerys_success_handling(
+        celery_app: Celery, spans: Any, output: Output) -> None:
+    """A GuardedTask's run binds its ids; ``on_success`` and ``task_success`` receivers,
+    which Celery runs after the run's span ended, still log them; after, nothing is left."""
+    TelemetryGuard(celery_app)
+    log = structlog.get_logger("myapp")
+
+    class Reporting(GuardedTask):
+        def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+            log.info("on_success", retval=retval)
+
+    @celery_app.task(name="fit.reporting", base=Reporting, shared=False)
+    def reporting() -> str:
+        log.info("working")
+        return "done"
+
+    @celery_app.task(name="fit.probe_after", telemetry_guard_observe=False, shared=False)
+    def probe() -> None:
+        log.info("probe")
+
+    def on_task_success(sender: Any = None, **_: Any) -> None:
+        if sender is not None and sender.name == "fit.reporting":
+            log.info("task_success_receiver")
+
+    signals.task_success.connect(on_task_success, weak=False)
+    try:
+        with worker(celery_app):
+            result = reporting.delay()
+            assert result.get(timeout=20) == "done"
+            probe.delay().get(timeout=20)
+    finally:
+        signals.task_success.disconnect(on_task_success)
+
+    [run] = [s for s in spans.get_finished_spans() if s.name == "run/fit.reporting"]
+    [working] = output.events("working")
+    assert (working["task_id"], working["task_name"]) == (result.id, "fit.reporting")
+    assert (working["trace_id"], working["span_id"]) == hex_ids(run)
+    for name in ("on_success", "task_success_receiver"):
+        [line] = output.events(name)
+        assert (line["task_id"], line["task_name"]) == (result.id, "fit.reporting"), line
+    [after] = output.events("probe")
+    assert not set(TASK_KEYS) & set(after), after
 
 
 def test_every_guard_event_arrives_as_a_log_record_through_render_to_log_kwargs(
