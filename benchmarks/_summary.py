@@ -94,7 +94,8 @@ def table(rows: list[Row]) -> str:
         main = f"{r.main_cpu_us_per_task:.0f}" if r.main_cpu_us_per_task is not None else "-"
         spread = f"{r.min_tasks_per_s:.0f}–{r.max_tasks_per_s:.0f}"
         lines.append(f"{r.variant:<9} {r.failing_percent:>6}% {r.median_tasks_per_s:>15.0f} "
-                     f"{spread:>13} {r.us_per_task:>8.0f} {ratio:>8} {paired:>7} {cpu:>12} {main:>5}")
+                     f"{spread:>13} {r.us_per_task:>8.0f} {ratio:>8} {paired:>7} {cpu:>12} "
+                     f"{main:>5}")
     lines.append("vs bare: ratio of medians; paired: median of per-rep ratios to bare; "
                  "CPU µs/task: user+system CPU of every worker process in the window; "
                  "main: the part of it in the worker's main process.")
