@@ -133,6 +133,30 @@ def production_targets(rows: list[Row]) -> list[dict[str, Any]]:
     return found
 
 
+def paired(runs: list[Run], variant: str, reference: str, workload: int) -> float | None:
+    """Median over reps of ``variant``'s throughput / ``reference``'s in the same rep."""
+    ref = {r.rep: r.tasks_per_s for r in runs
+           if r.variant == reference and r.failing_percent == workload}
+    ratios = [r.tasks_per_s / ref[r.rep] for r in runs
+              if r.variant == variant and r.failing_percent == workload and r.rep in ref]
+    return statistics.median(ratios) if ratios else None
+
+
+def floor_lines(runs: list[Run], workloads: list[int]) -> list[str]:
+    """``floor`` against bare (what one span and one histogram observation cost) and
+    ``guarded`` against ``floor`` (what the guard costs above them), by workload."""
+    lines = []
+    for workload in workloads:
+        floor = paired(runs, "floor", "bare", workload)
+        above = paired(runs, "guarded", "floor", workload)
+        if floor is None or above is None:
+            continue
+        lines.append(f"floor at {workload}% failing: floor/bare {floor:.3f} paired (one SDK "
+                     f"span and one histogram observation, nothing else); guarded/floor "
+                     f"{above:.3f} paired (the guard's own cost above them)")
+    return lines
+
+
 def target_line(found: dict[str, Any]) -> str:
     return (f"target {found['variant']}/bare >= {found['minimum_ratio']:.2f} at "
             f"{found['failing_percent']}% failing (paired {found['paired_ratio']:.3f}, "

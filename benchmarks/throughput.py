@@ -1,4 +1,4 @@
-"""Worker throughput of no-op Celery tasks: bare Celery, guard-observed, GuardedTask, DIY.
+"""Worker throughput of no-op Celery tasks: bare Celery, guard-observed, GuardedTask, DIY, floor.
 
 One private redis-server is the broker. Each (rep, workload, variant) run starts a fresh
 `celery worker -P solo` (or, with ``--pool prefork --concurrency 2 --multiproc``, the
@@ -53,11 +53,13 @@ from benchmarks.apps._common import (  # noqa: E402
 
 #: ``observed`` runs next to ``bare`` in each repetition: their paired ratio at 0 % failing
 #: is the success-path requirement below.
-VARIANTS = ("bare", "observed", "guarded", "diy")
+VARIANTS = ("bare", "observed", "guarded", "diy", "floor")
 #: Variants whose guard writes every failure to the error log (checked after each run).
 RECORDING_VARIANTS = ("observed", "guarded")
 #: Variants with a TracerProvider (BatchSpanProcessor, exporter counting and dropping).
-TRACING_VARIANTS = ("observed", "guarded", "diy")
+TRACING_VARIANTS = ("observed", "guarded", "diy", "floor")
+#: Variants that open exactly one span per task run.
+ONE_SPAN_VARIANTS = ("guarded", "floor")
 ERRORS_STREAM = "telemetry_guard:errors"
 SOLO = Shape()
 
@@ -153,7 +155,7 @@ def run_once(server: PrivateRedis, producer_app: Celery, *, rep: int, variant: s
                 f"{name}: {errorlog} error log records, expected {expected} (the warm-up's "
                 f"failing probe included): is the guard installed and observing this task?")
     spans = _counters.read(counters)["spans"] if variant in TRACING_VARIANTS else None
-    if variant == "guarded" and spans != warm_tasks + tasks - 1:
+    if variant in ONE_SPAN_VARIANTS and spans != warm_tasks + tasks - 1:
         raise RuntimeError(f"{name}: {spans} spans exported, expected one per no-op task "
                            f"({warm_tasks + tasks - 1}): is tracing working in every process?")
     run = Run(rep, variant, failing_percent, tasks, seconds, tasks / seconds, errorlog,
@@ -314,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_summary.requirement_line(requirement))
     for target in targets:
         print(_summary.target_line(target))
+    for line in _summary.floor_lines(runs, args.workloads):
+        print(line)
     print(f"reproduce: {reproduce(args)}")
     print(f"wall time: {time.monotonic() - began:.0f} s")
     if args.json is not None:
