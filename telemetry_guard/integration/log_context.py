@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from ..sinks.tracing import span_ids
+from ..sinks.tracing import current_ids, span_ids
 
 Tokens = Mapping[str, contextvars.Token[Any]]
 
@@ -44,11 +44,12 @@ def unbind_task(task_id: str | None) -> None:
 def bind_run(task_id: str | None, task_name: str, span: Any) -> Tokens:
     """A GuardedTask's run: bind the task's ids and those of its span in one go.
 
-    The task's ids stay bound until :func:`unbind_task` (``task_postrun``, after Celery's
-    own success handling and log line); the span's ids are given back as the tokens
-    :func:`restore` takes when the span ends.
+    ``span``: the run's span; None when the guard opens none, and then the active span's
+    ids (an instrumentation's) are bound, if any. The task's ids stay bound until
+    :func:`unbind_task` (``task_postrun``, after Celery's own success handling and log
+    line); the span's ids are given back as the tokens :func:`restore` takes at the end.
     """
-    trace_id, span_id = span_ids(span) if span is not None else (None, None)
+    trace_id, span_id = span_ids(span) if span is not None else current_ids()
     values: dict[str, Any] = {"task_id": task_id, "task_name": task_name} if task_id else {}
     if trace_id is not None:
         values["trace_id"] = trace_id

@@ -374,3 +374,37 @@ def test_instrumentation_span_ids_reach_a_plain_tasks_own_lines(
     assert "trace_id" not in lines[0]
     for line, result in zip(lines[1:], results[1:], strict=True):
         assert (line["trace_id"], line["span_id"]) == hex_ids(runs[result.id])
+
+
+def test_a_guarded_task_without_its_own_span_logs_the_instrumentations_ids(
+        celery_app: Celery, spans: Any, output: Output) -> None:
+    """Guard tracing off, opentelemetry-instrumentation-celery on: a GuardedTask's own lines
+    carry the instrumentation span's ids, from the first task on (its run binds them, after
+    every ``task_prerun`` receiver ran), and its task ids."""
+    celery_app.conf.telemetry_guard_tracing = False
+    TelemetryGuard(celery_app)
+    log = structlog.get_logger("myapp")
+
+    @celery_app.task(name="fit.guarded_instrumented", base=GuardedTask, shared=False)
+    def guarded_instrumented(n: int) -> int:
+        log.info("working", n=n)
+        return n
+
+    instrumentor = CeleryInstrumentor()
+    instrumentor.instrument()
+    try:
+        with worker(celery_app):
+            results = [guarded_instrumented.delay(n) for n in range(2)]
+            assert [r.get(timeout=20) for r in results] == [0, 1]
+    finally:
+        instrumentor.uninstrument()
+
+    runs = {s.attributes["messaging.message.id"]: s for s in spans.get_finished_spans()
+            if s.name == "run/fit.guarded_instrumented"}
+    assert {s.instrumentation_scope.name for s in runs.values()} == {
+        "opentelemetry.instrumentation.celery"}
+    lines = output.events("working")
+    assert [(line["n"], line["task_id"], line["task_name"]) for line in lines] == [
+        (n, r.id, "fit.guarded_instrumented") for n, r in enumerate(results)]
+    for line, result in zip(lines, results, strict=True):
+        assert (line["trace_id"], line["span_id"]) == hex_ids(runs[result.id])
