@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         from celery import signals
 
         from benchmarks.apps import bare, guarded
+        from benchmarks.apps._common import run_attributes
         from telemetry_guard import GuardedTask
         from telemetry_guard.core.tracebacks import format_traceback
         from telemetry_guard.integration import log_context
@@ -128,11 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def floor() -> None:  # benchmarks/apps/floor.py's body, around nothing
             span = tracer.start_span("run/" + task.name, kind=trace.SpanKind.CONSUMER,
-                                     attributes={
-                "celery.task_name": task.name, "celery.retries": req.retries or 0,
-                "messaging.system": "celery", "messaging.operation.type": "process",
-                "celery.task_id": req.id, "messaging.message.id": req.id,
-                "messaging.destination.name": req.delivery_info.get("routing_key")})
+                                     attributes=run_attributes(req))
             token = otel_context.attach(trace.set_span_in_context(span))
             started = time.perf_counter()
             runtime.observe(time.perf_counter() - started)

@@ -93,6 +93,14 @@ def run_noop(i: int, fail_every: int) -> None:
         raise ValueError(f"benchmark task {i} fails on purpose")
 
 
+def run_attributes(request: Any) -> dict[str, Any]:
+    """The attributes the guard gives a task run's span (DESIGN.md), for ``floor``."""
+    return {"celery.task_name": NOOP, "celery.retries": request.retries or 0,
+            "messaging.system": "celery", "messaging.operation.type": "process",
+            "celery.task_id": request.id, "messaging.message.id": request.id,
+            "messaging.destination.name": request.delivery_info.get("routing_key")}
+
+
 def sentinel(run_id: str, phase: str, expected: int | None = None) -> None:
     """Record when the no-op tasks before it have all run, and how many ran.
 

@@ -17,7 +17,7 @@ from celery import signals
 from opentelemetry import context, trace
 from prometheus_client import Histogram
 
-from ._common import NOOP, install_tracing, make_app, run_noop
+from ._common import NOOP, install_tracing, make_app, run_attributes, run_noop
 
 app = make_app("bench-floor")
 RUNTIME = Histogram("floor_task_runtime_seconds", "Task run time.", ["task", "outcome"])
@@ -30,11 +30,8 @@ def noop(self: Any, i: int, fail_every: int) -> None:
     ``fail_every``-th call raises ValueError."""
     request = self.request
     assert _tracer is not None
-    span = _tracer.start_span("run/" + NOOP, kind=trace.SpanKind.CONSUMER, attributes={
-        "celery.task_name": NOOP, "celery.retries": request.retries or 0,
-        "messaging.system": "celery", "messaging.operation.type": "process",
-        "celery.task_id": request.id, "messaging.message.id": request.id,
-        "messaging.destination.name": request.delivery_info.get("routing_key")})
+    span = _tracer.start_span("run/" + NOOP, kind=trace.SpanKind.CONSUMER,
+                              attributes=run_attributes(request))
     token = context.attach(trace.set_span_in_context(span))
     started = time.perf_counter()
     outcome = "failure"
