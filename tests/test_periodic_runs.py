@@ -229,6 +229,32 @@ def test_lost_run_ends_as_a_failure(celery_app: Celery) -> None:
     assert task.last_failure is not None
 
 
+def test_a_run_ends_as_it_started_even_if_the_names_change_meanwhile(
+        celery_app: Celery) -> None:
+    """``task_postrun`` ends the runs ``task_prerun`` started in this process: a run that
+    started as periodic ends, though its task left the names meanwhile (it is not left
+    running, which would fake an overlap), and an end without a start writes nothing."""
+    from celery import signals
+
+    celery_app.conf.beat_schedule = {"moved": {"task": "p.moved", "schedule": 60.0}}
+    guard = TelemetryGuard(celery_app, observe_all_tasks=False)
+    runs, store = guard.periodic.runs, guard.periodic.store
+    store.register([PeriodicEntry("p.moved", "every 60s", 60.0, 1.5)])
+
+    @celery_app.task(name="p.moved")
+    def moved() -> None: ...
+
+    signals.task_prerun.send(sender=moved, task_id="run-1", task=moved)
+    runs.names = frozenset()  # a refresh no longer lists it
+    signals.task_postrun.send(sender=moved, task_id="run-1", task=moved, state="SUCCESS")
+    signals.task_postrun.send(sender=moved, task_id="never-started", task=moved,
+                              state="FAILURE")
+    runs.writer.flush(5.0)
+    (task,) = store.snapshot().tasks
+    assert task.running == 0 and task.overlaps == 0
+    assert task.last_success is not None and task.last_failure is None
+
+
 def test_monitoring_off_records_nothing(celery_app: Celery, redis_url: str) -> None:
     """``periodic_monitoring=False``: a scheduled task's runs write no periodic key."""
     celery_app.conf.beat_schedule = {"off": {"task": "p.off", "schedule": 60.0}}
