@@ -72,15 +72,10 @@ def summarise(runs: list[Run], variants: list[str], workloads: list[int]) -> lis
                             main_cpu_us_per_task=(statistics.median(main_cpu)
                                                   if main_cpu else None)))
         if "bare" in medians:
-            bare = {r.rep: r.tasks_per_s for r in runs
-                    if r.variant == "bare" and r.failing_percent == workload}
             for row in rows:
                 if row.failing_percent == workload:
                     row.ratio_to_bare = row.median_tasks_per_s / medians["bare"]
-                    row.paired_ratio = statistics.median(
-                        r.tasks_per_s / bare[r.rep] for r in runs
-                        if r.variant == row.variant and r.failing_percent == workload
-                        and r.rep in bare)
+                    row.paired_ratio = paired(runs, row.variant, "bare", workload)
     return rows
 
 
