@@ -341,6 +341,25 @@ def test_every_guard_event_arrives_as_a_log_record_through_render_to_log_kwargs(
     assert all(line["task_name"] == "fit.kw.flaky" and line["trace_id"] for line in charging)
 
 
+def run_instrumented(celery_app: Celery, spans: Any, task: Any,
+                     count: int) -> tuple[list[Any], dict[str, Any]]:
+    """Run ``task(n)`` for n in 0..count-1 on a worker with opentelemetry-instrumentation-
+    celery instrumented: the results, and the instrumentation's span of each by task id."""
+    instrumentor = CeleryInstrumentor()
+    instrumentor.instrument()
+    try:
+        with worker(celery_app):
+            results = [task.delay(n) for n in range(count)]
+            assert [r.get(timeout=20) for r in results] == list(range(count))
+    finally:
+        instrumentor.uninstrument()
+    runs = {s.attributes["messaging.message.id"]: s for s in spans.get_finished_spans()
+            if s.name == f"run/{task.name}"}
+    assert {s.instrumentation_scope.name for s in runs.values()} == {
+        "opentelemetry.instrumentation.celery"}
+    return results, runs
+
+
 def test_instrumentation_span_ids_reach_a_plain_tasks_own_lines(
         celery_app: Celery, spans: Any, output: Output) -> None:
     """opentelemetry-instrumentation-celery instrumented after the guard: from the second task
@@ -353,19 +372,7 @@ def test_instrumentation_span_ids_reach_a_plain_tasks_own_lines(
         log.info("working", n=n)
         return n
 
-    instrumentor = CeleryInstrumentor()
-    instrumentor.instrument()
-    try:
-        with worker(celery_app):
-            results = [instrumented.delay(n) for n in range(3)]
-            assert [r.get(timeout=20) for r in results] == [0, 1, 2]
-    finally:
-        instrumentor.uninstrument()
-
-    runs = {s.attributes["messaging.message.id"]: s for s in spans.get_finished_spans()
-            if s.name == "run/fit.instrumented"}
-    assert {s.instrumentation_scope.name for s in runs.values()} == {
-        "opentelemetry.instrumentation.celery"}
+    results, runs = run_instrumented(celery_app, spans, instrumented, 3)
     lines = output.events("working")
     assert [(line["n"], line["task_id"]) for line in lines] == [
         (n, r.id) for n, r in enumerate(results)]
@@ -390,19 +397,7 @@ def test_a_guarded_task_without_its_own_span_logs_the_instrumentations_ids(
         log.info("working", n=n)
         return n
 
-    instrumentor = CeleryInstrumentor()
-    instrumentor.instrument()
-    try:
-        with worker(celery_app):
-            results = [guarded_instrumented.delay(n) for n in range(2)]
-            assert [r.get(timeout=20) for r in results] == [0, 1]
-    finally:
-        instrumentor.uninstrument()
-
-    runs = {s.attributes["messaging.message.id"]: s for s in spans.get_finished_spans()
-            if s.name == "run/fit.guarded_instrumented"}
-    assert {s.instrumentation_scope.name for s in runs.values()} == {
-        "opentelemetry.instrumentation.celery"}
+    results, runs = run_instrumented(celery_app, spans, guarded_instrumented, 2)
     lines = output.events("working")
     assert [(line["n"], line["task_id"], line["task_name"]) for line in lines] == [
         (n, r.id, "fit.guarded_instrumented") for n, r in enumerate(results)]
