@@ -26,12 +26,8 @@ def bind_task(task_id: str | None, task_name: str, span: Any) -> None:
     """Bind the task's ids (and those of ``span``) until :func:`unbind_task`."""
     if not task_id:
         return
-    values: dict[str, Any] = {"task_id": task_id, "task_name": task_name}
-    trace_id, span_id = span_ids(span)
-    if trace_id is not None:
-        values["trace_id"] = trace_id
-        values["span_id"] = span_id
-    _BOUND[task_id] = structlog.contextvars.bind_contextvars(**values)
+    _BOUND[task_id] = structlog.contextvars.bind_contextvars(
+        **_ids(task_id, task_name, span_ids(span)))
 
 
 def unbind_task(task_id: str | None) -> None:
@@ -49,19 +45,25 @@ def bind_run(task_id: str | None, task_name: str, span: Any) -> Tokens:
     :func:`unbind_task` (``task_postrun``, after Celery's own success handling and log
     line); the span's ids are given back as the tokens :func:`restore` takes at the end.
     """
-    trace_id, span_id = span_ids(span) if span is not None else current_ids()
-    values: dict[str, Any] = {"task_id": task_id, "task_name": task_name} if task_id else {}
-    if trace_id is not None:
-        values["trace_id"] = trace_id
-        values["span_id"] = span_id
+    values = _ids(task_id, task_name, span_ids(span) if span is not None else current_ids())
     if not values:
         return {}
     tokens = structlog.contextvars.bind_contextvars(**values)
     if not task_id:
         return tokens
     _BOUND[task_id] = {"task_id": tokens["task_id"], "task_name": tokens["task_name"]}
-    return ({"trace_id": tokens["trace_id"], "span_id": tokens["span_id"]}
-            if trace_id is not None else {})
+    return {key: tokens[key] for key in ("trace_id", "span_id") if key in tokens}
+
+
+def _ids(task_id: str | None, task_name: str,
+         trace_ids: tuple[str | None, str | None]) -> dict[str, Any]:
+    """The task's ids (when it has an id) and the span's (when it has a valid one)."""
+    values: dict[str, Any] = {"task_id": task_id, "task_name": task_name} if task_id else {}
+    trace_id, span_id = trace_ids
+    if trace_id is not None:
+        values["trace_id"] = trace_id
+        values["span_id"] = span_id
+    return values
 
 
 def restore(tokens: Tokens) -> None:
