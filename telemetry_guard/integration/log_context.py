@@ -52,7 +52,8 @@ def bind_run(task_id: str | None, task_name: str, span: Any) -> Tokens:
     if not task_id:
         return tokens
     _BOUND[task_id] = {"task_id": tokens["task_id"], "task_name": tokens["task_name"]}
-    return {key: tokens[key] for key in ("trace_id", "span_id") if key in tokens}
+    return ({"trace_id": tokens["trace_id"], "span_id": tokens["span_id"]}
+            if "trace_id" in tokens else {})
 
 
 def _ids(task_id: str | None, task_name: str,
